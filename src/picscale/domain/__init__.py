@@ -1,0 +1,1 @@
+"""Plain domain services: no web framework, no driver imports beyond the tier ports."""

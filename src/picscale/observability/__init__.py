@@ -1,0 +1,1 @@
+"""Logs (structlog JSON lines with a request id) and metrics (prometheus-client)."""

@@ -1,0 +1,76 @@
+"""Wiring: the tiers chosen by settings, and the domain services on top of them.
+
+Both the web app and the worker are built from here; nothing is created at import time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from picscale.domain.photos import Photos
+from picscale.domain.social import Social
+from picscale.domain.users import LoginThrottle, Users
+from picscale.ids import IdGenerator
+from picscale.observability.metrics import Metrics
+from picscale.settings import Settings
+from picscale.tiers.cache import Cache, create_cache
+from picscale.tiers.db import Database, create_database
+from picscale.tiers.queue import JobQueue, create_job_queue
+from picscale.tiers.sessions import SessionStore, create_session_store
+from picscale.tiers.storage import MediaStore, create_media_store
+
+
+@dataclass(slots=True)
+class Services:
+    settings: Settings
+    metrics: Metrics
+    db: Database
+    cache: Cache
+    sessions: SessionStore
+    queue: JobQueue
+    storage: MediaStore
+    ids: IdGenerator
+    users: Users
+    photos: Photos
+    social: Social
+
+    async def close(self) -> None:
+        await self.cache.close()
+        await self.db.dispose()
+
+
+def build_services(settings: Settings, metrics: Metrics | None = None) -> Services:
+    metrics = metrics or Metrics()
+    db = create_database(settings, metrics.count_query)
+    cache = create_cache(settings, db, metrics.cache_event)
+    storage = create_media_store(settings)
+    queue = create_job_queue(settings, db)
+    ids = IdGenerator(settings.logical_shards)
+    throttle = LoginThrottle(
+        db,
+        per_account=settings.login_failures_per_account,
+        per_address=settings.login_failures_per_address,
+        window=timedelta(seconds=settings.login_window_seconds),
+    )
+    return Services(
+        settings=settings,
+        metrics=metrics,
+        db=db,
+        cache=cache,
+        sessions=create_session_store(settings, db),
+        queue=queue,
+        storage=storage,
+        ids=ids,
+        users=Users(db, cache, ids, throttle),
+        photos=Photos(
+            db,
+            cache,
+            storage,
+            queue,
+            ids,
+            max_upload_bytes=settings.max_upload_bytes,
+            max_pixels=settings.max_pixels,
+        ),
+        social=Social(db, cache),
+    )

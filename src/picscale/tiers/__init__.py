@@ -1,0 +1,1 @@
+"""The tiers: each a Protocol and its backends, chosen by the scheme of one URL."""

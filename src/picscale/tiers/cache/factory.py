@@ -1,0 +1,26 @@
+"""Choose the cache backend by the scheme of ``PICSCALE_CACHE_URL``."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from picscale.settings import Settings, SettingsError
+from picscale.tiers.cache.local import EpochFile, LocalCache, NoCache
+from picscale.tiers.cache.port import Cache, CacheBackend, Observer, _no_observer
+from picscale.tiers.db import Database
+
+
+def create_cache(settings: Settings, db: Database, observe: Observer = _no_observer) -> Cache:
+    scheme = urlsplit(settings.cache_url).scheme
+    backend: CacheBackend
+    if scheme == "memory":
+        # the epoch file is a fast path for processes on one host, which SQLite implies
+        epoch = EpochFile(settings.data_dir / "cache-epoch") if db.dialect == "sqlite" else None
+        backend = LocalCache(db, settings.cache_max_entries, epoch)
+    elif scheme == "none":
+        backend = NoCache()
+    else:
+        raise SettingsError(
+            f"PICSCALE_CACHE_URL scheme {scheme!r} is not supported: use memory:// or none://"
+        )
+    return Cache(backend, ttl=settings.cache_ttl_seconds, observe=observe)

@@ -1,0 +1,217 @@
+"""The embedded cache: a bounded in-process LRU with TTLs, kept coherent across processes.
+
+Several processes (``--workers N``, job workers) share one SQLite database but not their
+memory. Every write appends the keys it invalidates to ``cache_invalidations`` in its own
+transaction, so the log can never miss a committed write. After the commit the writer
+bumps a counter in a small memory-mapped file; each process compares that counter once
+per request (a memory read) and only when it moved replays the log from where it was.
+Because a process reads the counter before it loads anything, a value it loaded just
+before someone else's commit is dropped at its next request at the latest.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import mmap
+import os
+import random
+import struct
+import time
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import structlog
+from sqlalchemy import delete, func, insert, select
+
+from picscale.tiers.cache.port import Found
+from picscale.tiers.db import Database, WriteTx
+from picscale.tiers.db.schema import cache_invalidations, utcnow
+
+log = structlog.get_logger(__name__)
+
+LOG_RETENTION = timedelta(hours=1)
+
+
+class LruCache:
+    """Bounded LRU with per-entry expiry; one process, one event loop."""
+
+    def __init__(self, max_entries: int) -> None:
+        self._max = max_entries
+        self._entries: OrderedDict[str, tuple[float, Found[Any]]] = OrderedDict()
+
+    def get(self, key: str) -> Found[Any] | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry[0] < time.monotonic():
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return entry[1]
+
+    def set(self, key: str, value: Found[Any], ttl: float) -> None:
+        self._entries[key] = (time.monotonic() + ttl, value)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._max:
+            self._entries.popitem(last=False)
+
+    def delete(self, key: str) -> None:
+        self._entries.pop(key, None)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class EpochFile:
+    """An 8-byte counter in a shared file: bumped by writers, read by everyone for free."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            if os.fstat(fd).st_size < 8:
+                os.pwrite(fd, b"\0" * 8, 0)
+            self._map = mmap.mmap(fd, 8)
+        finally:
+            os.close(fd)
+        self._path = path
+
+    def read(self) -> int:
+        return int(struct.unpack_from("<Q", self._map, 0)[0])
+
+    def bump(self) -> None:
+        with open(self._path, "rb") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                struct.pack_into("<Q", self._map, 0, self.read() + 1)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        self._map.close()
+
+
+class LocalCache:
+    """``memory://``: the in-process backend with the shared invalidation log."""
+
+    def __init__(self, db: Database, max_entries: int, epoch: EpochFile | None) -> None:
+        self._db = db
+        self._lru = LruCache(max_entries)
+        # without an epoch file (processes on several hosts) the log is read every request
+        self._epoch = epoch
+        self._seen_epoch = -1
+        self._cursor: int | None = None
+        self._generation = 0
+
+    async def get_many(self, keys: Sequence[str]) -> dict[str, Found[Any]]:
+        out = {}
+        for key in keys:
+            found = self._lru.get(key)
+            if found is not None:
+                out[key] = found
+        return out
+
+    def generation(self) -> int:
+        return self._generation
+
+    async def set_many(
+        self, items: Mapping[str, Found[Any]], ttl: float, since: int | None = None
+    ) -> None:
+        if since is not None and since != self._generation:
+            return
+        for key, value in items.items():
+            self._lru.set(key, value, ttl)
+
+    async def delete_many(self, keys: Sequence[str]) -> None:
+        self._generation += 1
+        for key in keys:
+            self._lru.delete(key)
+
+    async def invalidate(self, tx: WriteTx, keys: Sequence[str]) -> None:
+        if not keys:
+            return
+        now = utcnow()
+        await tx.conn.execute(
+            insert(cache_invalidations), [{"key": k, "created_at": now} for k in keys]
+        )
+        if random.random() < 0.01:  # keep the log short; a lagging process resets itself
+            await tx.conn.execute(
+                delete(cache_invalidations).where(
+                    cache_invalidations.c.created_at < now - LOG_RETENTION
+                )
+            )
+
+        async def after() -> None:
+            await self.delete_many(keys)
+            if self._epoch is not None:
+                self._epoch.bump()
+
+        tx.after_commit(after)
+
+    async def sync(self) -> None:
+        if self._epoch is not None:
+            epoch = self._epoch.read()
+            if epoch == self._seen_epoch:
+                return
+            self._seen_epoch = epoch  # read before replaying: a later bump is seen next time
+        async with self._db.read() as conn:
+            if self._cursor is None:
+                self._cursor = (await conn.scalar(select(func.max(cache_invalidations.c.seq)))) or 0
+                self._clear()
+                return
+            rows = (
+                await conn.execute(
+                    select(cache_invalidations.c.seq, cache_invalidations.c.key)
+                    .where(cache_invalidations.c.seq > self._cursor)
+                    .order_by(cache_invalidations.c.seq)
+                )
+            ).all()
+        if not rows:
+            return
+        if rows[0].seq != self._cursor + 1:
+            # entries this process never saw were pruned (or a sequence skipped): start over
+            self._clear()
+        else:
+            await self.delete_many([row.key for row in rows])
+        self._cursor = rows[-1].seq
+
+    def _clear(self) -> None:
+        self._generation += 1
+        self._lru.clear()
+
+    async def close(self) -> None:
+        if self._epoch is not None:
+            self._epoch.close()
+
+
+class NoCache:
+    """``none://``: every read goes to the database (for measurements and debugging)."""
+
+    async def get_many(self, keys: Sequence[str]) -> dict[str, Found[Any]]:
+        return {}
+
+    def generation(self) -> int:
+        return 0
+
+    async def set_many(
+        self, items: Mapping[str, Found[Any]], ttl: float, since: int | None = None
+    ) -> None:
+        return None
+
+    async def delete_many(self, keys: Sequence[str]) -> None:
+        return None
+
+    async def invalidate(self, tx: WriteTx, keys: Sequence[str]) -> None:
+        return None
+
+    async def sync(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None

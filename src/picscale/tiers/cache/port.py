@@ -1,0 +1,179 @@
+"""The cache port, and the cache-aside front that domain code uses.
+
+Values are cached wrapped in ``Found`` so that a cached "not found" (``Found(None)``) is
+told apart from a miss (no entry at all).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+
+from picscale.tiers.db import WriteTx
+
+T = TypeVar("T")
+K = TypeVar("K")
+
+SCHEMA_VERSION = "v1"  # bump when a cached shape changes: a deploy never reads old shapes
+
+
+@dataclass(frozen=True, slots=True)
+class Found(Generic[T]):
+    value: T | None
+
+
+@dataclass(slots=True)
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+    loads: int = 0
+    errors: int = 0
+    invalidations: int = 0
+    by_kind: dict[str, int] = field(default_factory=dict)
+
+
+class CacheBackend(Protocol):
+    async def get_many(self, keys: Sequence[str]) -> dict[str, Found[Any]]: ...
+
+    def generation(self) -> int:
+        """A number that changes whenever this process drops entries (see ``set_many``)."""
+        ...
+
+    async def set_many(
+        self, items: Mapping[str, Found[Any]], ttl: float, since: int | None = None
+    ) -> None:
+        """Store ``items``, unless entries were dropped after ``generation()`` was ``since``:
+        a value loaded while an invalidation went by may already be stale."""
+        ...
+
+    async def delete_many(self, keys: Sequence[str]) -> None: ...
+
+    def invalidate(self, tx: WriteTx, keys: Sequence[str]) -> Awaitable[None]:
+        """Arrange for ``keys`` to be deleted once ``tx`` commits (and in every process)."""
+        ...
+
+    async def sync(self) -> None:
+        """Catch up on invalidations made by other processes; called once per request."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class Observer(Protocol):
+    def __call__(self, event: str, count: int = 1) -> None: ...
+
+
+def _no_observer(event: str, count: int = 1) -> None:
+    return None
+
+
+class Cache:
+    """Cache-aside over a backend: single-flight loads, TTL jitter, bulk reads."""
+
+    def __init__(
+        self,
+        backend: CacheBackend,
+        *,
+        ttl: float,
+        not_found_ttl: float = 10.0,
+        observe: Observer = _no_observer,
+    ) -> None:
+        self.backend = backend
+        self.ttl = ttl
+        self.not_found_ttl = not_found_ttl
+        self._observe = observe
+        self._inflight: dict[str, asyncio.Future[Found[Any]]] = {}
+
+    def _jittered(self, ttl: float) -> float:
+        # spread expiry so that keys filled together do not all expire together
+        return ttl * random.uniform(0.9, 1.1)
+
+    async def get_or_load(
+        self, key: str, load: Callable[[], Awaitable[T | None]], ttl: float | None = None
+    ) -> T | None:
+        found = (await self.backend.get_many([key])).get(key)
+        if found is not None:
+            self._observe("hit")
+            return found.value  # type: ignore[no-any-return]
+        self._observe("miss")
+        pending = self._inflight.get(key)
+        if pending is not None:  # another request in this process is loading it
+            return (await asyncio.shield(pending)).value  # type: ignore[no-any-return]
+        future: asyncio.Future[Found[Any]] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            self._observe("load")
+            since = self.backend.generation()
+            value = await load()
+            result: Found[Any] = Found(value)
+            await self.backend.set_many(
+                {key: result},
+                self._jittered(self.not_found_ttl if value is None else (ttl or self.ttl)),
+                since,
+            )
+            future.set_result(result)
+            return value
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: waiters re-raise it themselves
+            raise
+        finally:
+            del self._inflight[key]
+
+    async def get_many_or_load(
+        self,
+        keys: Mapping[str, K],
+        load_many: Callable[[list[K]], Awaitable[Mapping[K, T]]],
+        ttl: float | None = None,
+    ) -> dict[K, T]:
+        """Read many entries at once; load only the missing ones, set them in one call."""
+        cached = await self.backend.get_many(list(keys))
+        out: dict[K, T] = {}
+        missing: list[K] = []
+        for key, ident in keys.items():
+            found = cached.get(key)
+            if found is None:
+                missing.append(ident)
+            elif found.value is not None:
+                out[ident] = found.value
+        self._observe("hit", len(keys) - len(missing))
+        if missing:
+            self._observe("miss", len(missing))
+            self._observe("load", len(missing))
+            since = self.backend.generation()
+            loaded = await load_many(missing)
+            by_ident = {ident: key for key, ident in keys.items()}
+            await self.backend.set_many(
+                {by_ident[i]: Found(loaded.get(i)) for i in missing},
+                self._jittered(ttl or self.ttl),
+                since,
+            )
+            out.update({i: v for i, v in loaded.items() if v is not None})
+        return out
+
+    def invalidate(self, tx: WriteTx, keys: Iterable[str]) -> Awaitable[None]:
+        unique = sorted(set(keys))
+        self._observe("invalidation", len(unique))
+        return self.backend.invalidate(tx, unique)
+
+    async def sync(self) -> None:
+        await self.backend.sync()
+
+    async def close(self) -> None:
+        await self.backend.close()
+
+
+# One key function per cached entity: the whole key scheme reads in one place.
+def photo_key(photo_id: int) -> str:
+    return f"{SCHEMA_VERSION}:photo:{photo_id}"
+
+
+def profile_key(username: str) -> str:
+    return f"{SCHEMA_VERSION}:profile:{username}"
+
+
+def user_photos_key(user_id: int, page_size: int) -> str:
+    return f"{SCHEMA_VERSION}:user_photos:{user_id}:first:{page_size}"

@@ -1,0 +1,9 @@
+"""The data tier: reads and writes through separate calls, so replicas plug in later.
+
+``Database.read()`` may be answered by a replica; ``Database.write()`` always runs on the
+primary, in one transaction, and runs its after-commit actions only once it committed.
+"""
+
+from picscale.tiers.db.database import Database, WriteTx, create_database, is_unique_violation
+
+__all__ = ["Database", "WriteTx", "create_database", "is_unique_violation"]

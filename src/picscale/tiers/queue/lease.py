@@ -1,0 +1,179 @@
+"""``lease://``: jobs are rows of the ``jobs`` table, claimed under a time-limited lease.
+
+A worker claims a job with one ``UPDATE ... RETURNING`` (``FOR UPDATE SKIP LOCKED`` on
+PostgreSQL), renews the lease while it works, and marks the job done in the transaction
+that stores its result. A worker killed mid-job stops renewing; when its lease runs out
+the job is due again. Attempts are counted at claim time, so a job that kills every
+worker that takes it still ends, dead, after ``max_attempts``.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import and_, func, insert, or_, select, update
+
+from picscale.tiers.db import Database, WriteTx
+from picscale.tiers.db.schema import jobs, utcnow
+from picscale.tiers.queue.port import ClaimedJob, NewJob
+
+BACKOFF_BASE_SECONDS = 1.0
+BACKOFF_MAX_SECONDS = 300.0
+SWEEP_EVERY_SECONDS = 1.0
+
+# statuses: queued, failed (waiting for a retry), running, done, dead
+DUE = ("queued", "failed")
+
+
+class LeaseQueue:
+    def __init__(self, db: Database, *, lease_seconds: float, max_attempts: int) -> None:
+        self._db = db
+        self._lease = timedelta(seconds=lease_seconds)
+        self._max_attempts = max_attempts
+        self._last_sweep = 0.0
+
+    async def enqueue(self, tx: WriteTx, job: NewJob) -> None:
+        now = utcnow()
+        await tx.conn.execute(
+            insert(jobs).values(
+                id=job.id,
+                kind=job.kind,
+                payload=job.payload,
+                photo_id=job.photo_id,
+                owner_id=job.owner_id,
+                status="queued",
+                attempts=0,
+                max_attempts=self._max_attempts,
+                available_at=now,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+
+    async def claim(self, owner: str) -> ClaimedJob | None:
+        now = utcnow()
+        if time.monotonic() - self._last_sweep > SWEEP_EVERY_SECONDS:
+            await self._bury_expired(now)
+        due = or_(
+            and_(jobs.c.status.in_(DUE), jobs.c.available_at <= now),
+            and_(jobs.c.status == "running", jobs.c.lease_until < now),
+        )
+        candidate = (
+            select(jobs.c.id)
+            .where(due, jobs.c.attempts < jobs.c.max_attempts)
+            .order_by(jobs.c.available_at)
+            .limit(1)
+        )
+        if self._db.dialect == "postgresql":
+            candidate = candidate.with_for_update(skip_locked=True)
+        stmt = (
+            update(jobs)
+            .where(jobs.c.id == candidate.scalar_subquery())
+            .values(
+                status="running",
+                attempts=jobs.c.attempts + 1,
+                lease_until=now + self._lease,
+                lease_owner=owner,
+                updated_at=now,
+            )
+            .returning(
+                jobs.c.id,
+                jobs.c.kind,
+                jobs.c.payload,
+                jobs.c.photo_id,
+                jobs.c.owner_id,
+                jobs.c.attempts,
+                jobs.c.max_attempts,
+            )
+        )
+        async with self._db.write() as tx:
+            row = (await tx.conn.execute(stmt)).first()
+        if row is None:
+            return None
+        return ClaimedJob(
+            id=row.id,
+            kind=row.kind,
+            payload=dict(row.payload),
+            photo_id=row.photo_id,
+            owner_id=row.owner_id,
+            attempts=row.attempts,
+            max_attempts=row.max_attempts,
+            lease_owner=owner,
+        )
+
+    async def _bury_expired(self, now: Any) -> None:
+        """Jobs whose last allowed attempt lost its lease will never be claimed: end them."""
+        self._last_sweep = time.monotonic()
+        async with self._db.write() as tx:
+            await tx.conn.execute(
+                update(jobs)
+                .where(
+                    jobs.c.status == "running",
+                    jobs.c.lease_until < now,
+                    jobs.c.attempts >= jobs.c.max_attempts,
+                )
+                .values(
+                    status="dead",
+                    lease_until=None,
+                    updated_at=now,
+                    last_error=func.coalesce(jobs.c.last_error, "")
+                    + " [lease expired on the last attempt: the worker died or hung]",
+                )
+            )
+
+    def _ours(self, job: ClaimedJob) -> Any:
+        return and_(jobs.c.id == job.id, jobs.c.lease_owner == job.lease_owner)
+
+    async def extend(self, job: ClaimedJob) -> bool:
+        now = utcnow()
+        async with self._db.write() as tx:
+            result = await tx.conn.execute(
+                update(jobs)
+                .where(self._ours(job), jobs.c.status == "running")
+                .values(lease_until=now + self._lease, updated_at=now)
+            )
+        return bool(result.rowcount)
+
+    async def complete(self, tx: WriteTx, job: ClaimedJob, result: dict[str, Any]) -> None:
+        await tx.conn.execute(
+            update(jobs)
+            .where(jobs.c.id == job.id)
+            .values(
+                status="done",
+                result=result,
+                lease_until=None,
+                lease_owner=None,
+                updated_at=utcnow(),
+            )
+        )
+
+    async def fail(self, job: ClaimedJob, error: str, *, permanent: bool = False) -> str:
+        now = utcnow()
+        give_up = permanent or job.attempts >= job.max_attempts
+        status = "dead" if give_up else "failed"
+        delay = min(BACKOFF_MAX_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (job.attempts - 1))
+        delay *= random.uniform(0.5, 1.0)  # jitter: retries of a burst spread out
+        async with self._db.write() as tx:
+            await tx.conn.execute(
+                update(jobs)
+                .where(self._ours(job), jobs.c.status == "running")
+                .values(
+                    status=status,
+                    last_error=error[:4000],
+                    available_at=now + timedelta(seconds=delay),
+                    lease_until=None,
+                    lease_owner=None,
+                    updated_at=now,
+                )
+            )
+        return status
+
+    async def depth(self) -> int:
+        async with self._db.read() as conn:
+            count = await conn.scalar(
+                select(func.count()).select_from(jobs).where(jobs.c.status.in_(DUE))
+            )
+        return int(count or 0)

@@ -1,0 +1,75 @@
+"""The job queue port.
+
+Jobs are delivered at least once: a handler must be idempotent by job id, and store its
+result in the same transaction that marks the job done (``complete``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from picscale.settings import Settings, SettingsError
+from picscale.tiers.db import Database, WriteTx
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    id: int
+    kind: str
+    payload: dict[str, Any]
+    photo_id: int | None = None
+    owner_id: int | None = None
+
+
+@dataclass(slots=True)
+class ClaimedJob:
+    id: int
+    kind: str
+    payload: dict[str, Any]
+    photo_id: int | None
+    owner_id: int | None
+    attempts: int
+    max_attempts: int
+    lease_owner: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class JobQueue(Protocol):
+    async def enqueue(self, tx: WriteTx, job: NewJob) -> None:
+        """Queue ``job`` in the same transaction as the rows that need it."""
+        ...
+
+    async def claim(self, owner: str) -> ClaimedJob | None:
+        """Take the next due job under a lease, or None when nothing is due."""
+        ...
+
+    async def extend(self, job: ClaimedJob) -> bool:
+        """Renew the lease of a running job; False if the job is no longer ours."""
+        ...
+
+    async def complete(self, tx: WriteTx, job: ClaimedJob, result: dict[str, Any]) -> None:
+        """Mark done inside the transaction that stores the job's result."""
+        ...
+
+    async def fail(self, job: ClaimedJob, error: str, *, permanent: bool = False) -> str:
+        """Record a failed attempt: back off and retry, or give up; returns the new status."""
+        ...
+
+    async def depth(self) -> int:
+        """Jobs waiting to run."""
+        ...
+
+
+def create_job_queue(settings: Settings, db: Database) -> JobQueue:
+    scheme = urlsplit(settings.queue_url).scheme
+    if scheme == "lease":
+        from picscale.tiers.queue.lease import LeaseQueue
+
+        return LeaseQueue(
+            db,
+            lease_seconds=settings.job_lease_seconds,
+            max_attempts=settings.job_max_attempts,
+        )
+    raise SettingsError(f"PICSCALE_QUEUE_URL scheme {scheme!r} is not supported: use lease://")

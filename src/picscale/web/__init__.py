@@ -1,0 +1,1 @@
+"""The web tier: JSON API for mobile clients, pages for browsers, media, health."""
