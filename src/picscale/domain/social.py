@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -91,12 +91,14 @@ class Social:
         return row is not None
 
     async def feed(self, viewer: UserRecord, cursor: str | None, limit: int) -> Page:
-        """Pull model: one indexed join per page. Fan-out on write comes with sharding."""
+        """Pull model: the viewer's and followed users' photos, one query per page.
+
+        Fan-out on write (precomputed feeds) comes with sharding."""
         before = parse_cursor(cursor)
-        query = (
-            _photo_select()
-            .join(follows, follows.c.followee_id == photos.c.owner_id)
-            .where(follows.c.follower_id == viewer.id, photos.c.status == "ready")
+        followed = select(follows.c.followee_id).where(follows.c.follower_id == viewer.id)
+        query = _photo_select().where(
+            or_(photos.c.owner_id == viewer.id, photos.c.owner_id.in_(followed)),
+            photos.c.status == "ready",
         )
         if before is not None:
             query = query.where(photos.c.id < before)

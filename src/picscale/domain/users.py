@@ -58,7 +58,7 @@ class LoginThrottle:
         for row in rows:
             kind = row.key.split(":", 1)[0]
             ends = row.window_start + self._window
-            if ends > now and row.count >= self._limits[kind]:
+            if ends > now and row._mapping["count"] >= self._limits[kind]:
                 retry_after = max(1, math.ceil((ends - now).total_seconds()))
                 raise TooManyRequests(
                     f"too many failed log-ins for this {kind}; try again in {retry_after} s",

@@ -97,11 +97,11 @@ class Cache:
         found = (await self.backend.get_many([key])).get(key)
         if found is not None:
             self._observe("hit")
-            return found.value  # type: ignore[no-any-return]
+            return found.value
         self._observe("miss")
         pending = self._inflight.get(key)
         if pending is not None:  # another request in this process is loading it
-            return (await asyncio.shield(pending)).value  # type: ignore[no-any-return]
+            return (await asyncio.shield(pending)).value
         future: asyncio.Future[Found[Any]] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:

@@ -18,7 +18,7 @@ from sqlalchemy import and_, func, insert, or_, select, update
 
 from picscale.tiers.db import Database, WriteTx
 from picscale.tiers.db.schema import jobs, utcnow
-from picscale.tiers.queue.port import ClaimedJob, NewJob
+from picscale.tiers.queue.port import ClaimedJob, NewJob, traced
 
 BACKOFF_BASE_SECONDS = 1.0
 BACKOFF_MAX_SECONDS = 300.0
@@ -41,7 +41,7 @@ class LeaseQueue:
             insert(jobs).values(
                 id=job.id,
                 kind=job.kind,
-                payload=job.payload,
+                payload=traced(job.payload),
                 photo_id=job.photo_id,
                 owner_id=job.owner_id,
                 status="queued",

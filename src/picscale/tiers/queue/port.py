@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+import structlog
+
 from picscale.settings import Settings, SettingsError
 from picscale.tiers.db import Database, WriteTx
 
@@ -34,6 +36,12 @@ class ClaimedJob:
     max_attempts: int
     lease_owner: str
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def traced(payload: dict[str, Any]) -> dict[str, Any]:
+    """The payload with the current request id, so the job's log lines carry it too."""
+    request_id = structlog.contextvars.get_contextvars().get("request_id")
+    return {**payload, "request_id": request_id} if request_id else payload
 
 
 class JobQueue(Protocol):

@@ -1,0 +1,45 @@
+# Picscale: `make run` serves on embedded defaults, `make test` runs every test.
+SHELL := /bin/bash
+UV = $(shell bash scripts/install-uv.sh)
+HOST ?= 127.0.0.1
+PORT ?= 8000
+DATA_DIR ?= data
+PYTEST_ARGS ?=
+
+.PHONY: run test lint format bench deps-run deps-test deps-bench clean
+
+.venv/.synced: pyproject.toml uv.lock
+	$(UV) sync --frozen
+	@touch $@
+
+deps-run:
+	@bash scripts/system-deps.sh run
+
+deps-test:
+	@bash scripts/system-deps.sh test
+
+deps-bench:
+	@bash scripts/system-deps.sh bench
+
+run: deps-run .venv/.synced
+	$(UV) run --frozen picscale serve --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR)
+
+lint: .venv/.synced
+	$(UV) run --frozen ruff format --check src tests bench
+	$(UV) run --frozen ruff check src tests bench
+	$(UV) run --frozen mypy
+
+test: deps-test .venv/.synced lint
+	$(UV) run --frozen pytest $(PYTEST_ARGS)
+
+format: .venv/.synced
+	$(UV) run --frozen ruff format src tests bench
+	$(UV) run --frozen ruff check --fix src tests bench
+
+bench: deps-bench .venv/.synced
+	$(UV) run --frozen python bench/imaging.py
+	$(UV) run --frozen python bench/http_read.py
+	$(UV) run --frozen python bench/edit_latency.py
+
+clean:
+	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache

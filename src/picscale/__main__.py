@@ -1,0 +1,3 @@
+from picscale.cli import main
+
+main()

@@ -1,0 +1,200 @@
+"""The ``picscale`` command: serve, worker, migrate, version."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from picscale import __version__
+from picscale.settings import Settings, SettingsError, load_settings
+
+RESTART_DELAY_SECONDS = 1.0
+STOP_TIMEOUT_SECONDS = 40.0
+
+
+def _settings(**overrides: Any) -> Settings:
+    try:
+        return load_settings(**overrides)
+    except SettingsError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+data_dir_option = click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Where the embedded tiers keep their state [env PICSCALE_DATA_DIR; default ./data].",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="picscale")
+def main() -> None:
+    """Picscale: a photo-sharing service built along the scaling path.
+
+    Every setting is read from PICSCALE_* environment variables (see the README);
+    command-line options override them.
+    """
+
+
+@main.command()
+@click.option("--host", default=None, help="Address to listen on [default 127.0.0.1].")
+@click.option("--port", type=int, default=None, help="Port to listen on [default 8000].")
+@click.option("--workers", type=click.IntRange(1), default=None, help="Web processes [1].")
+@click.option(
+    "--job-workers", type=click.IntRange(0), default=None, help="Job worker processes [1]."
+)
+@data_dir_option
+def serve(
+    host: str | None,
+    port: int | None,
+    workers: int | None,
+    job_workers: int | None,
+    data_dir: Path | None,
+) -> None:
+    """Migrate the database, then run the web server (granian) and the job workers."""
+    settings = _settings(
+        host=host, port=port, workers=workers, job_workers=job_workers, data_dir=data_dir
+    )
+    from picscale.observability.logging import configure_logging
+    from picscale.settings import secret_key_for
+    from picscale.tiers.db.migrate import upgrade
+
+    configure_logging(settings.log_level, process="serve")
+    click.echo(f"picscale {__version__}: preparing {settings.data_dir.resolve()}", err=True)
+    upgrade(settings)
+    secret_key_for(settings)  # made once here, before the processes that read it start
+    sys.exit(Supervisor(settings).run())
+
+
+class Supervisor:
+    """Starts granian and the job workers, restarts workers that die, stops all on signal."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics_dir = settings.data_dir.resolve() / "run" / "metrics"
+        self.stopping = False
+        self.web: subprocess.Popen[bytes] | None = None
+        self.workers: list[subprocess.Popen[bytes]] = []
+
+    def _env(self) -> dict[str, str]:
+        env = {**os.environ, **self.settings.as_env()}
+        env["PICSCALE_DATA_DIR"] = str(self.settings.data_dir.resolve())
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)
+        return env
+
+    def _start_web(self) -> subprocess.Popen[bytes]:
+        s = self.settings
+        command = [
+            sys.executable, "-m", "granian",
+            "--interface", "asgi",
+            "--factory",
+            "--host", s.host,
+            "--port", str(s.port),
+            "--workers", str(s.workers),
+            "--no-ws",
+            "--log-level", "warning",
+            "--respawn-failed-workers",
+            "picscale.web.app:create_app_from_env",
+        ]  # fmt: skip
+        return subprocess.Popen(command, env=self._env())
+
+    def _start_worker(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "picscale", "worker"], env=self._env())
+
+    def _stop(self, *_: Any) -> None:
+        self.stopping = True
+
+    def run(self) -> int:
+        # metrics of earlier runs would add up with this one's
+        shutil.rmtree(self.metrics_dir, ignore_errors=True)
+        self.metrics_dir.mkdir(parents=True)
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        self.web = self._start_web()
+        self.workers = [self._start_worker() for _ in range(self.settings.job_workers)]
+        s = self.settings
+        click.echo(
+            f"serving http://{s.host}:{s.port} with {s.workers} web and "
+            f"{s.job_workers} job worker process(es); Ctrl-C stops",
+            err=True,
+        )
+        code = 0
+        while not self.stopping:
+            if (web_code := self.web.poll()) is not None:
+                click.echo(f"the web server exited with code {web_code}; stopping", err=True)
+                code = web_code or 1
+                break
+            for i, worker in enumerate(self.workers):
+                if worker.poll() is not None and not self.stopping:
+                    click.echo(
+                        f"job worker {worker.pid} exited with code {worker.returncode}; "
+                        "starting another (its jobs return to the queue when leases expire)",
+                        err=True,
+                    )
+                    self._mark_dead(worker.pid)
+                    time.sleep(RESTART_DELAY_SECONDS)
+                    self.workers[i] = self._start_worker()
+            time.sleep(0.2)
+        self._shutdown()
+        return code
+
+    def _mark_dead(self, pid: int) -> None:
+        from prometheus_client import multiprocess
+
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)
+        multiprocess.mark_process_dead(pid, str(self.metrics_dir))  # type: ignore[no-untyped-call]
+
+    def _shutdown(self) -> None:
+        children = [p for p in [self.web, *self.workers] if p is not None]
+        for proc in children:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+        for proc in children:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@main.command()
+@data_dir_option
+def worker(data_dir: Path | None) -> None:
+    """Run a job worker: claims jobs from the queue until SIGTERM."""
+    from picscale.worker import run_worker
+
+    asyncio.run(run_worker(_settings(data_dir=data_dir)))
+
+
+@main.command()
+@data_dir_option
+@click.option("--revision", default="head", show_default=True, help="Upgrade to this revision.")
+@click.option("--downgrade", "down_to", default=None, help="Downgrade to this revision instead.")
+def migrate(data_dir: Path | None, revision: str, down_to: str | None) -> None:
+    """Apply the database migrations (Alembic)."""
+    from picscale.tiers.db.migrate import downgrade, upgrade
+
+    settings = _settings(data_dir=data_dir)
+    if down_to is not None:
+        downgrade(settings, down_to)
+        click.echo(f"downgraded to {down_to}")
+    else:
+        upgrade(settings, revision)
+        click.echo(f"database at {revision}")
+
+
+@main.command()
+def version() -> None:
+    """Print the version."""
+    click.echo(__version__)

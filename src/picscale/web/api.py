@@ -1,0 +1,221 @@
+"""The JSON API for mobile clients (and the browser's upload and edit scripts)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from litestar import Request, Response, Router, delete, get, patch, post, put
+from litestar.datastructures import UploadFile
+from litestar.enums import RequestEncodingType
+from litestar.params import Body, Parameter
+from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
+
+from picscale.domain.errors import NotFound
+from picscale.domain.records import Page, UserRecord
+from picscale.services import Services
+from picscale.settings import Settings
+from picscale.web.auth import (
+    SESSION_COOKIE,
+    bearer_token,
+    cleared_session_cookie,
+    current_user,
+    rotate_csrf,
+    services_of,
+    session_cookie,
+)
+from picscale.web.schemas import (
+    EditIn,
+    JobOut,
+    LogInIn,
+    MediaUrls,
+    PageOut,
+    PhotoOut,
+    ProfileIn,
+    ProfileOut,
+    SessionOut,
+    SignUpIn,
+    UserOut,
+)
+
+Cursor = Annotated[
+    str | None, Parameter(description="next_cursor from the previous page", max_length=32)
+]
+
+
+def parse_id(raw: str, what: str) -> int:
+    """Ids travel as decimal strings; anything else names nothing that exists."""
+    if not raw.isdigit() or len(raw) > 19 or int(raw) >= 2**63:
+        raise NotFound(f"{what} {raw!r} does not exist: ids are decimal numbers")
+    return int(raw)
+
+
+def client_address(request: Request[Any, Any, Any]) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+@dataclass
+class UploadForm:
+    file: UploadFile
+    caption: str = ""
+
+
+def page_out(urls: MediaUrls, page: Page) -> PageOut:
+    return PageOut([urls.photo(p) for p in page.items], page.next_cursor)
+
+
+async def start_session(
+    request: Request[Any, Any, Any], services: Services, user: UserRecord, response: Response[Any]
+) -> str:
+    """A fresh session id (and CSRF token) at every login; the browser's old one is dropped."""
+    old = request.cookies.get(SESSION_COOKIE)
+    if old:
+        await services.sessions.delete(old)
+    session = await services.sessions.create(user.id)
+    secure = services.settings.is_production
+    ttl = services.settings.session_ttl_seconds
+    response.set_cookie(session_cookie(session.token, max_age=ttl, secure=secure))
+    rotate_csrf(request, response)
+    return session.token
+
+
+def build_api(settings: Settings) -> Router:
+    urls = MediaUrls(settings.cdn_url)
+    max_limit = settings.max_page_size
+
+    Limit = Annotated[int, Parameter(ge=1, le=max_limit, description="page size")]
+
+    @post("/users", status_code=HTTP_201_CREATED, summary="Sign up")
+    async def sign_up(request: Request[Any, Any, Any], data: SignUpIn) -> UserOut:
+        user = await services_of(request).users.sign_up(
+            data.username, data.password, data.display_name
+        )
+        return UserOut.of(user)
+
+    @post("/sessions", status_code=HTTP_201_CREATED, summary="Log in")
+    async def log_in(request: Request[Any, Any, Any], data: LogInIn) -> Response[SessionOut]:
+        services = services_of(request)
+        user = await services.users.authenticate(
+            data.username, data.password, client_address(request)
+        )
+        response = Response(SessionOut("", UserOut.of(user)), status_code=HTTP_201_CREATED)
+        response.content.token = await start_session(request, services, user, response)
+        return response
+
+    @delete("/sessions", status_code=HTTP_204_NO_CONTENT, summary="Log out")
+    async def log_out(request: Request[Any, Any, Any]) -> Response[None]:
+        services = services_of(request)
+        for token in {request.cookies.get(SESSION_COOKIE), bearer_token(request)}:
+            if token:
+                await services.sessions.delete(token)
+        response: Response[None] = Response(None, status_code=HTTP_204_NO_CONTENT)
+        response.set_cookie(cleared_session_cookie())
+        return response
+
+    @get("/me", summary="The signed-in user")
+    async def me(request: Request[Any, Any, Any]) -> UserOut:
+        return UserOut.of(await current_user(request))
+
+    @patch("/me", summary="Change your display name")
+    async def update_me(request: Request[Any, Any, Any], data: ProfileIn) -> ProfileOut:
+        user = await current_user(request)
+        profile = await services_of(request).users.update_profile(user, data.display_name)
+        return ProfileOut.of(profile)
+
+    @get("/users/{username:str}", summary="A profile")
+    async def profile(request: Request[Any, Any, Any], username: str) -> ProfileOut:
+        found = await services_of(request).users.profile(username)
+        if found is None:
+            raise NotFound(f"no user is called {username!r}")
+        return ProfileOut.of(found)
+
+    @put("/users/{username:str}/follow", status_code=HTTP_204_NO_CONTENT, summary="Follow")
+    async def follow(request: Request[Any, Any, Any], username: str) -> None:
+        await services_of(request).social.follow(await current_user(request), username)
+
+    @delete("/users/{username:str}/follow", status_code=HTTP_204_NO_CONTENT, summary="Unfollow")
+    async def unfollow(request: Request[Any, Any, Any], username: str) -> None:
+        await services_of(request).social.unfollow(await current_user(request), username)
+
+    @get("/users/{username:str}/photos", summary="A user's photos, newest first")
+    async def user_photos(
+        request: Request[Any, Any, Any],
+        username: str,
+        cursor: Cursor = None,
+        limit: Limit = settings.feed_page_size,
+    ) -> PageOut:
+        services = services_of(request)
+        found = await services.users.profile(username)
+        if found is None:
+            raise NotFound(f"no user is called {username!r}")
+        return page_out(urls, await services.photos.by_owner(found.id, cursor, limit))
+
+    @post(
+        "/photos",
+        status_code=HTTP_201_CREATED,
+        summary="Upload a photo (JPEG, PNG or WebP)",
+        request_max_body_size=settings.max_upload_bytes + 1024 * 1024,
+    )
+    async def upload(
+        request: Request[Any, Any, Any],
+        data: Annotated[UploadForm, Body(media_type=RequestEncodingType.MULTI_PART)],
+    ) -> PhotoOut:
+        user = await current_user(request)
+        content = await data.file.read()
+        await data.file.close()
+        photo = await services_of(request).photos.upload(user, content, data.caption)
+        return urls.photo(photo)
+
+    @get("/photos/{photo_id:str}", summary="A photo")
+    async def photo(request: Request[Any, Any, Any], photo_id: str) -> PhotoOut:
+        return urls.photo(await services_of(request).photos.require(parse_id(photo_id, "photo")))
+
+    @delete("/photos/{photo_id:str}", status_code=HTTP_204_NO_CONTENT, summary="Delete a photo")
+    async def delete_photo(request: Request[Any, Any, Any], photo_id: str) -> None:
+        await services_of(request).photos.delete(
+            await current_user(request), parse_id(photo_id, "photo")
+        )
+
+    @post("/photos/{photo_id:str}/edits", status_code=HTTP_202_ACCEPTED, summary="Edit a photo")
+    async def edit(request: Request[Any, Any, Any], photo_id: str, data: EditIn) -> JobOut:
+        user = await current_user(request)
+        job = await services_of(request).photos.request_edit(
+            user, parse_id(photo_id, "photo"), data.operations
+        )
+        return JobOut.of(job)
+
+    @get("/jobs/{job_id:str}", summary="A job's progress")
+    async def job(request: Request[Any, Any, Any], job_id: str) -> JobOut:
+        user = await current_user(request)
+        return JobOut.of(await services_of(request).photos.job(parse_id(job_id, "job"), user))
+
+    @get("/feed", summary="Home feed: your photos and those of people you follow")
+    async def feed(
+        request: Request[Any, Any, Any],
+        cursor: Cursor = None,
+        limit: Limit = settings.feed_page_size,
+    ) -> PageOut:
+        user = await current_user(request)
+        return page_out(urls, await services_of(request).social.feed(user, cursor, limit))
+
+    return Router(
+        "/api/v1",
+        route_handlers=[
+            sign_up,
+            log_in,
+            log_out,
+            me,
+            update_me,
+            profile,
+            follow,
+            unfollow,
+            user_photos,
+            upload,
+            photo,
+            delete_photo,
+            edit,
+            job,
+            feed,
+        ],
+        tags=["api"],
+    )

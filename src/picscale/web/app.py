@@ -1,0 +1,103 @@
+"""The composition root: settings in, a Litestar app out. Nothing happens at import."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib import resources
+from pathlib import Path
+
+import structlog
+from litestar import Litestar
+from litestar.config.compression import CompressionConfig
+from litestar.contrib.jinja import JinjaTemplateEngine
+from litestar.exceptions import HTTPException
+from litestar.middleware import DefineMiddleware
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin
+from litestar.static_files import create_static_files_router
+from litestar.template.config import TemplateConfig
+
+from picscale import __version__
+from picscale.domain.errors import DomainError
+from picscale.observability.logging import configure_logging
+from picscale.observability.metrics import Metrics
+from picscale.services import Services, build_services
+from picscale.settings import Settings, load_settings
+from picscale.web.api import build_api
+from picscale.web.auth import csrf_guard
+from picscale.web.errors import handle_exception
+from picscale.web.middleware import RequestContext
+from picscale.web.pages import build_pages
+from picscale.web.system import build_system
+
+log = structlog.get_logger(__name__)
+
+
+def _package_dir(name: str) -> Path:
+    return Path(str(resources.files("picscale.web").joinpath(name)))
+
+
+def create_app(settings: Settings, services: Services | None = None) -> Litestar:
+    """Build the web app. Its tiers are created at startup, in the serving process."""
+    holder: dict[str, Services] = {}
+    metrics = services.metrics if services else Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        built = services or build_services(settings, metrics)
+        holder["services"] = built
+        app.state.services = built
+        log.info("web_started", database=built.db.dialect, cache=settings.cache_url)
+        try:
+            yield
+        finally:
+            if services is None:
+                await built.close()
+
+    def current_services() -> Services:
+        return holder["services"]
+
+    return Litestar(
+        route_handlers=[
+            build_api(settings),
+            build_pages(settings),
+            build_system(),
+            create_static_files_router(
+                "/static",
+                directories=[_package_dir("static")],
+                cache_control=None,
+                include_in_schema=False,
+            ),
+        ],
+        lifespan=[lifespan],
+        guards=[csrf_guard],
+        middleware=[DefineMiddleware(RequestContext, services=current_services)],
+        exception_handlers={
+            HTTPException: handle_exception,
+            DomainError: handle_exception,
+            Exception: handle_exception,
+        },
+        template_config=TemplateConfig(
+            directory=_package_dir("templates"), engine=JinjaTemplateEngine
+        ),
+        openapi_config=OpenAPIConfig(
+            title="Picscale",
+            version=__version__,
+            path="/schema",
+            render_plugins=[ScalarRenderPlugin()],
+        ),
+        # images are compressed already: gzip only text
+        compression_config=CompressionConfig(
+            backend="gzip", minimum_size=1024, exclude=["/media/"]
+        ),
+        request_max_body_size=settings.max_json_bytes,
+        debug=False,
+    )
+
+
+def create_app_from_env() -> Litestar:
+    """The granian factory target: settings from PICSCALE_* variables."""
+    settings = load_settings()
+    configure_logging(settings.log_level, process="web")
+    return create_app(settings)

@@ -1,0 +1,87 @@
+"""Media files, health probes and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+from typing import Any
+
+from litestar import Request, Response, Router, get
+from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
+
+from picscale.domain.errors import NotFound
+from picscale.domain.photos import variant_key
+from picscale.imaging import ImageFormat
+from picscale.tiers.storage import MediaNotFound
+from picscale.web.auth import services_of
+
+# /media/{photo id}/v{version}/{variant}.{ext}: anything else names nothing
+_ID = re.compile(r"^[0-9]{1,19}$")
+_VERSION = re.compile(r"^v([1-9][0-9]{0,8})$")
+_FILE = re.compile(r"^(original|large|thumb)\.(jpg|png|webp)$")
+# a version's files never change: a new edit is a new URL
+IMMUTABLE = "public, max-age=31536000, immutable"
+
+
+@get("/media/{photo_id:str}/{version:str}/{filename:str}", include_in_schema=False)
+async def media(
+    request: Request[Any, Any, Any], photo_id: str, version: str, filename: str
+) -> Response[bytes]:
+    id_ok, v_match, f_match = _ID.match(photo_id), _VERSION.match(version), _FILE.match(filename)
+    if not (id_ok and v_match and f_match):
+        raise NotFound("no such media: URLs look like /media/<photo id>/v<n>/<variant>.<ext>")
+    fmt = ImageFormat.from_extension(f_match.group(2))
+    assert fmt is not None
+    key = variant_key(int(photo_id), int(v_match.group(1)), f_match.group(1), fmt.extension)
+    try:
+        data = await services_of(request).storage.get(key)
+    except MediaNotFound:
+        raise NotFound("no such media (the photo may have been deleted)") from None
+    etag = '"' + hashlib.blake2b(data, digest_size=16).hexdigest() + '"'
+    headers = {
+        "Cache-Control": IMMUTABLE,
+        "ETag": etag,
+        "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": "default-src 'none'",
+    }
+    if request.headers.get("if-none-match") == etag:
+        return Response(b"", status_code=304, headers=headers)
+    return Response(data, media_type=fmt.content_type, headers=headers)
+
+
+@get("/healthz", summary="Alive", tags=["ops"])
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@get("/readyz", summary="Ready: database, queue and storage answer", tags=["ops"])
+async def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+    services = services_of(request)
+    checks: dict[str, str] = {}
+
+    async def check(name: str, probe: Any) -> None:
+        try:
+            await asyncio.wait_for(probe(), timeout=2.0)
+            checks[name] = "ok"
+        except Exception as exc:  # a probe reports, it does not crash
+            checks[name] = f"failing: {type(exc).__name__}: {exc}"[:300]
+
+    await check("database", services.db.ping)
+    await check("queue", services.queue.depth)
+    await check("storage", services.storage.ping)
+    ready = all(v == "ok" for v in checks.values())
+    return Response(
+        {"status": "ok" if ready else "unavailable", "checks": checks},
+        status_code=HTTP_200_OK if ready else HTTP_503_SERVICE_UNAVAILABLE,
+    )
+
+
+@get("/metrics", summary="Prometheus metrics", tags=["ops"], include_in_schema=False)
+async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
+    body, content_type = services_of(request).metrics.exposition()
+    return Response(body, media_type=content_type)
+
+
+def build_system() -> Router:
+    return Router("/", route_handlers=[media, healthz, readyz, metrics])

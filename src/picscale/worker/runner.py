@@ -1,0 +1,210 @@
+"""The worker: a few claim loops in one process, pyvips work in a process pool.
+
+Each claimed job holds a lease that a heartbeat renews; a worker that dies (even by
+SIGKILL) stops renewing, the lease runs out and another worker takes the job again.
+Handlers are idempotent by job id, so a job run twice has the effect of one run.
+SIGTERM stops claiming, lets running jobs finish, then exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import os
+import signal
+import socket
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+import structlog
+
+from picscale.domain.photos import RENDER_JOB
+from picscale.imaging import ImageRejected, Operation, Rendered, render
+from picscale.observability.logging import configure_logging
+from picscale.observability.metrics import Metrics
+from picscale.services import Services, build_services
+from picscale.settings import Settings
+from picscale.tiers.queue import ClaimedJob
+
+log = structlog.get_logger("picscale.worker")
+
+Handler = Callable[[ClaimedJob], Awaitable[Any]]
+DEPTH_SAMPLE_SECONDS = 2.0
+SHUTDOWN_GRACE_SECONDS = 30.0
+
+
+def _render_in_child(source: bytes, operations: list[Operation], max_pixels: int) -> Rendered:
+    return render(source, operations, max_pixels=max_pixels)
+
+
+def _child_init() -> None:
+    # the pool's processes leave signals to the worker that owns them
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+class Worker:
+    def __init__(self, services: Services, *, name: str | None = None) -> None:
+        self.services = services
+        self.settings = services.settings
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}"
+        self._pool: ProcessPoolExecutor | None = None
+        self._handlers: dict[str, Handler] = {RENDER_JOB: self._render_version}
+        self.running: set[int] = set()
+
+    # -- handlers --------------------------------------------------------------------
+
+    async def _render(
+        self, source: bytes, operations: Sequence[Operation], max_pixels: int
+    ) -> Rendered:
+        assert self._pool is not None
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(
+                self._pool, _render_in_child, source, list(operations), max_pixels
+            )
+        except BrokenProcessPool:
+            # a child died (killed, out of memory): a new pool for the next attempt
+            log.error("process_pool_broken")
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = self._new_pool()
+            raise
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            max_workers=self.settings.job_concurrency,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_child_init,
+        )
+
+    async def _render_version(self, job: ClaimedJob) -> Any:
+        return await self.services.photos.render_version(job, self._render)
+
+    # -- the loop --------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        concurrency = self.settings.job_concurrency
+        self._pool = self._new_pool()
+        # start the pool's processes now, not on the first job
+        await asyncio.gather(
+            *(
+                asyncio.get_running_loop().run_in_executor(self._pool, os.getpid)
+                for _ in range(concurrency)
+            )
+        )
+        log.info("worker_started", worker=self.name, concurrency=concurrency)
+        loops = [asyncio.create_task(self._claim_loop(stop)) for _ in range(concurrency)]
+        sampler = asyncio.create_task(self._sample_depth(stop))
+        try:
+            await stop.wait()
+            log.info("worker_stopping", worker=self.name, running=len(self.running))
+            _, pending = await asyncio.wait(loops, timeout=SHUTDOWN_GRACE_SECONDS)
+            for task in pending:  # their leases run out; another worker retries them
+                task.cancel()
+        finally:
+            sampler.cancel()
+            for task in loops:
+                task.cancel()
+            await asyncio.gather(*loops, sampler, return_exceptions=True)
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            log.info("worker_stopped", worker=self.name)
+
+    async def _claim_loop(self, stop: asyncio.Event) -> None:
+        queue = self.services.queue
+        poll = self.settings.job_poll_seconds
+        while not stop.is_set():
+            try:
+                job = await queue.claim(self.name)
+            except Exception:
+                log.exception("claim_failed", worker=self.name)
+                job = None
+                poll_for = min(5.0, max(poll, 1.0))
+            else:
+                poll_for = poll
+            if job is None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=poll_for)
+                continue
+            await self.process(job)
+
+    async def _sample_depth(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                self.services.metrics.queue_depth.set(await self.services.queue.depth())
+            except Exception:
+                log.warning("queue_depth_failed", exc_info=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=DEPTH_SAMPLE_SECONDS)
+
+    async def _heartbeat(self, job: ClaimedJob) -> None:
+        interval = max(0.2, self.settings.job_lease_seconds / 3)
+        while True:
+            await asyncio.sleep(interval)
+            if not await self.services.queue.extend(job):
+                log.warning("lease_lost", job_id=job.id)
+                return
+
+    async def process(self, job: ClaimedJob) -> str:
+        """Run one claimed job to an outcome: done, retry or failed."""
+        structlog.contextvars.bind_contextvars(
+            request_id=job.payload.get("request_id"), job_id=str(job.id), job_kind=job.kind
+        )
+        metrics = self.services.metrics
+        queue = self.services.queue
+        self.running.add(job.id)
+        heartbeat = asyncio.create_task(self._heartbeat(job))
+        start = time.perf_counter()
+        outcome = "done"
+        try:
+            log.info("job_started", attempt=job.attempts, max_attempts=job.max_attempts)
+            handler = self._handlers.get(job.kind)
+            if handler is None:
+                outcome = await queue.fail(job, f"no handler for kind {job.kind!r}", permanent=True)
+            else:
+                try:
+                    result = await asyncio.wait_for(
+                        handler(job), timeout=self.settings.job_time_limit_seconds
+                    )
+                    log.info("job_done", result=result)
+                except ImageRejected as exc:
+                    outcome = await queue.fail(job, exc.message, permanent=True)
+                except TimeoutError:
+                    limit = self.settings.job_time_limit_seconds
+                    outcome = await queue.fail(job, f"the job took longer than {limit} s")
+                except Exception as exc:
+                    log.exception("job_error")
+                    outcome = await queue.fail(job, f"{type(exc).__name__}: {exc}")
+            if outcome == "dead":
+                await self._give_up(job)
+        finally:
+            heartbeat.cancel()
+            self.running.discard(job.id)
+            label = {"dead": "failed", "failed": "retry"}.get(outcome, outcome)
+            metrics.jobs.labels(job.kind, label).inc()
+            metrics.job_duration.labels(job.kind).observe(time.perf_counter() - start)
+            if outcome != "done":
+                log.warning("job_not_done", outcome=label)
+            structlog.contextvars.unbind_contextvars("request_id", "job_id", "job_kind")
+        return label
+
+    async def _give_up(self, job: ClaimedJob) -> None:
+        if job.kind == RENDER_JOB:
+            await self.services.photos.mark_failed(job)
+
+
+async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    """The ``picscale worker`` process: runs until SIGTERM or SIGINT."""
+    configure_logging(settings.log_level, process="worker")
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    services = build_services(settings, Metrics())
+    try:
+        await Worker(services).run(stop)
+    finally:
+        await services.close()

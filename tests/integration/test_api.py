@@ -1,0 +1,253 @@
+"""The JSON API end to end, against a real `picscale serve` (granian + worker)."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+import httpx
+import pytest
+from support import Server, gps_exif, image_bytes, size_of, wait_until
+
+PASSWORD = "correct horse battery"
+
+
+def new_user(server: Server, prefix: str = "u") -> tuple[httpx.Client, dict[str, str]]:
+    """A signed-up user and a client holding a bearer token for them."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    client = server.client()
+    created = client.post("/api/v1/users", json={"username": name, "password": PASSWORD})
+    assert created.status_code == 201, created.text
+    session = client.post("/api/v1/sessions", json={"username": name, "password": PASSWORD})
+    assert session.status_code == 201, session.text
+    client.cookies.clear()
+    client.headers["Authorization"] = f"Bearer {session.json()['token']}"
+    return client, created.json()
+
+
+def upload(client: httpx.Client, data: bytes, name: str = "p.jpg", caption: str = "") -> dict:
+    r = client.post(
+        "/api/v1/photos", files={"file": (name, data, "image/jpeg")}, data={"caption": caption}
+    )
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def wait_ready(client: httpx.Client, photo_id: str) -> dict:
+    def ready() -> dict | None:
+        body = client.get(f"/api/v1/photos/{photo_id}").json()
+        return body if body["status"] == "ready" else None
+
+    return wait_until(ready, timeout=60, what=f"photo {photo_id} to be ready")
+
+
+def wait_job(client: httpx.Client, job_id: str) -> dict:
+    def done() -> dict | None:
+        body = client.get(f"/api/v1/jobs/{job_id}").json()
+        return body if body["status"] in ("done", "failed") else None
+
+    return wait_until(done, timeout=60, what=f"job {job_id}")
+
+
+def test_sign_up_log_in_me_and_log_out(server: Server) -> None:
+    client = server.client()
+    name = f"alice_{uuid.uuid4().hex[:8]}"
+    r = client.post("/api/v1/users", json={"username": name, "password": PASSWORD})
+    assert r.status_code == 201
+    user = r.json()
+    assert user["username"] == name and isinstance(user["id"], str) and user["id"].isdigit()
+    assert "password" not in r.text
+
+    again = client.post("/api/v1/users", json={"username": name, "password": PASSWORD})
+    assert again.status_code == 409 and "taken" in again.json()["detail"]
+
+    assert client.get("/api/v1/me").status_code == 401
+    login = client.post("/api/v1/sessions", json={"username": name, "password": PASSWORD})
+    assert login.status_code == 201
+    first_cookie = client.cookies.get("picscale_session")
+    assert first_cookie and login.json()["token"] == first_cookie
+    assert "httponly" in login.headers["set-cookie"].lower()
+    assert client.get("/api/v1/me").json()["id"] == user["id"]
+
+    # logging in again rotates the session id; the old one stops working
+    csrf = client.cookies.get("picscale_csrf")
+    relog = client.post(
+        "/api/v1/sessions",
+        json={"username": name, "password": PASSWORD},
+        headers={"X-CSRF-Token": csrf},
+    )
+    assert relog.status_code == 201
+    assert client.cookies.get("picscale_session") != first_cookie
+    stale = httpx.get(server.url + "/api/v1/me", cookies={"picscale_session": first_cookie})
+    assert stale.status_code == 401
+
+    # a cookie-authenticated write without the CSRF token is refused
+    no_csrf = client.delete("/api/v1/sessions")
+    assert no_csrf.status_code == 403 and "CSRF" in no_csrf.json()["detail"]
+    out = client.delete(
+        "/api/v1/sessions", headers={"X-CSRF-Token": client.cookies.get("picscale_csrf")}
+    )
+    assert out.status_code == 204
+    assert client.get("/api/v1/me").status_code == 401
+
+
+def test_bearer_token_and_wrong_password(server: Server) -> None:
+    client, user = new_user(server)
+    assert client.get("/api/v1/me").json()["username"] == user["username"]
+    bad = server.client().post(
+        "/api/v1/sessions", json={"username": user["username"], "password": "wrong password"}
+    )
+    assert bad.status_code == 401
+    assert bad.json() == {"status_code": 401, "detail": "wrong username or password"}
+
+
+def test_failed_logins_are_rate_limited_per_account(server: Server) -> None:
+    _, user = new_user(server)
+    anon = server.client()
+    body = {"username": user["username"], "password": "not the password"}
+    statuses = [anon.post("/api/v1/sessions", json=body).status_code for _ in range(3)]
+    assert statuses == [401, 401, 401]
+    limited = anon.post("/api/v1/sessions", json=body)
+    assert limited.status_code == 429
+    assert int(limited.headers["retry-after"]) > 0
+    assert "try again" in limited.json()["detail"]
+    # even the right password waits until the window passes
+    right = anon.post("/api/v1/sessions", json={**body, "password": PASSWORD})
+    assert right.status_code == 429
+
+
+def test_upload_processing_then_ready_with_variants(server: Server) -> None:
+    client, user = new_user(server)
+    data = image_bytes(2000, 1500, exif=gps_exif())
+    photo = upload(client, data, caption="sunset")
+    assert photo["status"] == "processing" and photo["urls"] is None
+    assert photo["owner"] == {"id": user["id"], "username": user["username"]}
+    assert photo["caption"] == "sunset" and photo["width"] == 2000
+
+    ready = wait_ready(client, photo["id"])
+    assert ready["version"] == 1
+    sizes = {}
+    for variant, url in ready["urls"].items():
+        r = httpx.get(server.url + url)
+        assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+        assert "immutable" in r.headers["cache-control"]
+        assert b"PicscaleTestCamera" not in r.content and b"Exif" not in r.content[:2048]
+        sizes[variant] = size_of(r.content)
+    assert sizes == {"original": (2000, 1500), "large": (1080, 810), "thumb": (320, 240)}
+
+    profile = client.get(f"/api/v1/users/{user['username']}").json()
+    assert profile["photo_count"] == 1
+    listing = client.get(f"/api/v1/users/{user['username']}/photos").json()
+    assert [p["id"] for p in listing["items"]] == [photo["id"]]
+
+
+def test_exif_orientation_is_applied(server: Server) -> None:
+    client, _ = new_user(server)
+    photo = upload(client, image_bytes(400, 200, exif=gps_exif(orientation=6)))
+    assert (photo["width"], photo["height"]) == (200, 400)
+    ready = wait_ready(client, photo["id"])
+    original = httpx.get(server.url + ready["urls"]["original"]).content
+    assert size_of(original) == (200, 400)
+
+
+def test_edit_makes_a_new_version_and_keeps_the_old(server: Server) -> None:
+    client, _ = new_user(server)
+    photo = wait_ready(client, upload(client, image_bytes(800, 600))["id"])
+    v1_url = photo["urls"]["original"]
+    ops = [
+        {"op": "crop", "x": 100, "y": 50, "width": 400, "height": 300},
+        {"op": "sharpen", "sigma": 1.0},
+        {"op": "blur", "sigma": 2.0},
+    ]
+    r = client.post(f"/api/v1/photos/{photo['id']}/edits", json={"operations": ops})
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert job["status"] in ("queued", "running", "done") and job["photo_id"] == photo["id"]
+    done = wait_job(client, job["id"])
+    assert done["status"] == "done" and done["version"] == 2
+    edited = client.get(f"/api/v1/photos/{photo['id']}").json()
+    assert edited["version"] == 2 and (edited["width"], edited["height"]) == (400, 300)
+    assert size_of(httpx.get(server.url + edited["urls"]["original"]).content) == (400, 300)
+    # the earlier version's URL keeps working
+    assert size_of(httpx.get(server.url + v1_url).content) == (800, 600)
+
+    # a second edit starts from the current version's size
+    r = client.post(
+        f"/api/v1/photos/{photo['id']}/edits",
+        json={"operations": [{"op": "crop", "x": 0, "y": 0, "width": 200, "height": 100}]},
+    )
+    assert wait_job(client, r.json()["id"])["version"] == 3
+    assert client.get(f"/api/v1/photos/{photo['id']}").json()["width"] == 200
+
+
+def test_follow_profile_counts_and_feed(server: Server) -> None:
+    alice, a = new_user(server, "alice")
+    bob, b = new_user(server, "bob")
+    ids = [wait_ready(bob, upload(bob, image_bytes(320, 240))["id"])["id"] for _ in range(3)]
+
+    assert alice.put(f"/api/v1/users/{b['username']}/follow").status_code == 204
+    assert alice.put(f"/api/v1/users/{b['username']}/follow").status_code == 204  # idempotent
+    assert alice.put(f"/api/v1/users/{a['username']}/follow").status_code == 422
+    profile = alice.get(f"/api/v1/users/{b['username']}").json()
+    assert (profile["follower_count"], profile["photo_count"]) == (1, 3)
+    assert alice.get(f"/api/v1/users/{a['username']}").json()["following_count"] == 1
+
+    first = alice.get("/api/v1/feed", params={"limit": 2}).json()
+    assert [p["id"] for p in first["items"]] == ids[::-1][:2]
+    second = alice.get("/api/v1/feed", params={"limit": 2, "cursor": first["next_cursor"]})
+    assert [p["id"] for p in second.json()["items"]] == ids[:1]
+    assert second.json()["next_cursor"] is None
+
+    assert alice.delete(f"/api/v1/users/{b['username']}/follow").status_code == 204
+    assert alice.get("/api/v1/feed").json()["items"] == []
+    assert alice.get(f"/api/v1/users/{b['username']}").json()["follower_count"] == 0
+    assert alice.get("/api/v1/users/nobody_here_at_all").status_code == 404
+
+
+def test_delete_photo_removes_it_and_its_media(server: Server) -> None:
+    owner, user = new_user(server)
+    other, _ = new_user(server)
+    photo = wait_ready(owner, upload(owner, image_bytes(320, 240))["id"])
+    media = server.url + photo["urls"]["thumb"]
+    assert httpx.get(media).status_code == 200
+
+    forbidden = other.delete(f"/api/v1/photos/{photo['id']}")
+    assert forbidden.status_code == 403 and "someone else" in forbidden.json()["detail"]
+    edit = other.post(
+        f"/api/v1/photos/{photo['id']}/edits", json={"operations": [{"op": "blur", "sigma": 1}]}
+    )
+    assert edit.status_code == 403
+
+    assert owner.delete(f"/api/v1/photos/{photo['id']}").status_code == 204
+    assert owner.get(f"/api/v1/photos/{photo['id']}").status_code == 404
+    assert owner.delete(f"/api/v1/photos/{photo['id']}").status_code == 404
+    wait_until(lambda: httpx.get(media).status_code == 404, what="media to be removed")
+    assert not list((server.data_dir / "media" / "photos").glob(f"{photo['id']}*"))
+    assert owner.get(f"/api/v1/users/{user['username']}").json()["photo_count"] == 0
+
+
+def test_ids_are_strings_carrying_a_shard(server: Server) -> None:
+    client, user = new_user(server)
+    photo = upload(client, image_bytes(64, 64))
+    from picscale.ids import shard_of
+
+    assert shard_of(int(photo["id"])) == shard_of(int(user["id"]))
+    assert int(photo["id"]) > 2**32  # would lose digits as a JavaScript number beyond 2**53
+
+
+def test_health_metrics_and_schema(server: Server) -> None:
+    c = server.client()
+    assert c.get("/healthz").json() == {"status": "ok"}
+    ready = c.get("/readyz").json()
+    assert ready["status"] == "ok" and set(ready["checks"]) == {"database", "queue", "storage"}
+    rid = c.get("/api/v1/users/nobody_x", headers={"X-Request-ID": "trace-123"})
+    assert rid.headers["x-request-id"] == "trace-123"
+    metrics = c.get("/metrics").text
+    assert re.search(r'picscale_http_requests_total\{.*route="/api/v1/users/\{username:str\}"', metrics)
+    assert "picscale_http_request_duration_seconds_bucket" in metrics
+    assert 'picscale_db_queries_total{intent="read"}' in metrics
+    assert "picscale_cache_events_total" in metrics
+    assert re.search(r'picscale_jobs_total\{kind="render_version",outcome="done"\}', metrics)
+    assert "picscale_queue_depth" in metrics
+    schema = c.get("/schema/openapi.json").json()
+    assert "/api/v1/photos/{photo_id}" in schema["paths"]
