@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from support import Server, start_server  # noqa: E402
+from support import Server, start_server
 
 
 @pytest.fixture(scope="module")

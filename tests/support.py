@@ -42,7 +42,9 @@ def wait_until(
         except (httpx.HTTPError, OSError) as exc:
             last_error = exc
         time.sleep(interval)  # polling interval of a wait loop, not a fixed sleep
-    raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}: {last_error}")
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {what or condition}: {last_error}"
+    )
 
 
 def base_env(data_dir: Path, **settings: Any) -> dict[str, str]:

@@ -6,7 +6,7 @@ import re
 import uuid
 
 import httpx
-import pytest
+
 from support import Server, gps_exif, image_bytes, size_of, wait_until
 
 PASSWORD = "correct horse battery"
@@ -243,7 +243,8 @@ def test_health_metrics_and_schema(server: Server) -> None:
     rid = c.get("/api/v1/users/nobody_x", headers={"X-Request-ID": "trace-123"})
     assert rid.headers["x-request-id"] == "trace-123"
     metrics = c.get("/metrics").text
-    assert re.search(r'picscale_http_requests_total\{.*route="/api/v1/users/\{username:str\}"', metrics)
+    route = r'route="/api/v1/users/\{username\}",status="404"'
+    assert re.search(r"picscale_http_requests_total\{method=\"GET\"," + route, metrics)
     assert "picscale_http_request_duration_seconds_bucket" in metrics
     assert 'picscale_db_queries_total{intent="read"}' in metrics
     assert "picscale_cache_events_total" in metrics
