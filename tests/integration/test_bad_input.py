@@ -7,8 +7,9 @@ import io
 import httpx
 import pytest
 import pyvips
-from support import Server, image_bytes
 from test_api import new_user, upload, wait_ready
+
+from support import Server, image_bytes
 
 
 @pytest.fixture(scope="module")
