@@ -31,6 +31,9 @@ async def _run_async() -> None:
         async_url(config.get_main_option("sqlalchemy.url") or ""), poolclass=NullPool
     )
     async with engine.connect() as conn:
+        if conn.dialect.name == "sqlite":
+            # the database file is WAL from its first day (the app relies on it)
+            await conn.exec_driver_sql("PRAGMA journal_mode=WAL")
         await conn.run_sync(_run)
         await conn.commit()
     await engine.dispose()
