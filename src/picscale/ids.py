@@ -46,24 +46,27 @@ class IdGenerator:
         self._logical_shards = logical_shards
         self._lock = threading.Lock()
         self._last_ms = -1
-        self._sequence = random.randrange(MAX_SEQUENCE + 1)
-        self._first_in_ms = self._sequence
+        self._sequence = 0
 
     def random_shard(self) -> int:
         return random.randrange(self._logical_shards)
 
     def next_id(self, shard: int) -> int:
+        """Increasing within this process. Each millisecond starts at a random sequence in
+        the lower half, so processes minting ids for one shard rarely meet."""
         with self._lock:
             now = self._now_ms()
-            self._sequence = (self._sequence + 1) & MAX_SEQUENCE
             if now > self._last_ms:
                 self._last_ms = now
-                self._first_in_ms = self._sequence
-            elif self._sequence == self._first_in_ms:
-                # 1024 ids in this millisecond (or the clock stepped back): wait for the next
+                self._sequence = random.randrange((MAX_SEQUENCE + 1) // 2)
+            elif self._sequence < MAX_SEQUENCE:
+                self._sequence += 1
+            else:
+                # this millisecond is used up (or the clock stepped back): wait for the next
                 while now <= self._last_ms:
                     now = self._now_ms()
                 self._last_ms = now
+                self._sequence = random.randrange((MAX_SEQUENCE + 1) // 2)
             return compose(self._last_ms, shard, self._sequence)
 
     @staticmethod

@@ -94,11 +94,15 @@ class Problems:
         context.on("response", self._response)
 
     def _console(self, message: ConsoleMessage) -> None:
-        if message.type == "error":
-            where = message.location.get("url", "") if message.location else ""
-            self.items.append(
-                f"console error on {message.page and message.page.url}: {message.text} ({where})"
-            )
+        if message.type != "error":
+            return
+        where = message.location.get("url", "") if message.location else ""
+        if where.endswith("/favicon.ico"):
+            # the browser asks for /favicon.ico by itself and the app has none (a 404):
+            # no error of the pages under test
+            return
+        page_url = message.page.url if message.page else "?"
+        self.items.append(f"console error on {page_url}: {message.text} ({where})")
 
     def _response(self, response: Response) -> None:
         if response.status >= 500:

@@ -1,6 +1,5 @@
 """The JSON API for mobile clients (and the browser's upload and edit scripts)."""
 
-
 from dataclasses import dataclass
 from typing import Annotated, Any
 

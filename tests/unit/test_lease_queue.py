@@ -1,0 +1,102 @@
+"""The lease queue against a real SQLite database: claim, extend, retry, dead, expiry."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, update
+
+from picscale.settings import load_settings
+from picscale.tiers.db import Database, create_database
+from picscale.tiers.db.migrate import upgrade
+from picscale.tiers.db.schema import jobs, utcnow
+from picscale.tiers.queue import NewJob
+from picscale.tiers.queue.lease import LeaseQueue
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[Database]:
+    settings = load_settings({}, data_dir=tmp_path)
+    await asyncio.to_thread(upgrade, settings)
+    database = create_database(settings)
+    yield database
+    await database.dispose()
+
+
+async def enqueue(db: Database, queue: LeaseQueue, job_id: int) -> None:
+    async with db.write() as tx:
+        await queue.enqueue(tx, NewJob(id=job_id, kind="k", payload={"n": job_id}))
+
+
+async def row(db: Database, job_id: int) -> dict:
+    async with db.read() as conn:
+        r = (await conn.execute(select(jobs).where(jobs.c.id == job_id))).first()
+    assert r is not None
+    return dict(r._mapping)
+
+
+async def make_due(db: Database, job_id: int) -> None:
+    async with db.write() as tx:
+        await tx.conn.execute(update(jobs).where(jobs.c.id == job_id).values(available_at=utcnow()))
+
+
+async def test_claim_is_exclusive_and_complete_is_transactional(db: Database) -> None:
+    queue = LeaseQueue(db, lease_seconds=30, max_attempts=3)
+    await enqueue(db, queue, 1)
+    assert await queue.depth() == 1
+    job = await queue.claim("w1")
+    assert job is not None and job.id == 1 and job.attempts == 1
+    assert await queue.claim("w2") is None  # leased: nobody else gets it
+    assert await queue.extend(job)
+    async with db.write() as tx:
+        await queue.complete(tx, job, {"ok": True})
+    assert (await row(db, 1))["status"] == "done"
+    assert await queue.depth() == 0
+
+
+async def test_rollback_leaves_no_job(db: Database) -> None:
+    queue = LeaseQueue(db, lease_seconds=30, max_attempts=3)
+    with pytest.raises(RuntimeError):
+        async with db.write() as tx:
+            await queue.enqueue(tx, NewJob(id=7, kind="k", payload={}))
+            raise RuntimeError("the row that needed the job failed")
+    assert await queue.claim("w") is None
+
+
+async def test_failures_back_off_then_go_dead(db: Database) -> None:
+    queue = LeaseQueue(db, lease_seconds=30, max_attempts=2)
+    await enqueue(db, queue, 2)
+    job = await queue.claim("w")
+    assert job is not None
+    assert await queue.fail(job, "boom") == "failed"
+    state = await row(db, 2)
+    assert state["last_error"] == "boom"
+    assert state["available_at"] > utcnow()  # backing off
+    assert await queue.claim("w") is None
+    await make_due(db, 2)
+    again = await queue.claim("w")
+    assert again is not None and again.attempts == 2
+    assert await queue.fail(again, "boom again") == "dead"
+    await make_due(db, 2)
+    assert await queue.claim("w") is None
+    assert (await row(db, 2))["status"] == "dead"
+
+
+async def test_expired_lease_returns_the_job(db: Database) -> None:
+    queue = LeaseQueue(db, lease_seconds=30, max_attempts=3)
+    await enqueue(db, queue, 3)
+    lost = await queue.claim("dead-worker")
+    assert lost is not None
+    async with db.write() as tx:  # the worker died: its lease runs out
+        await tx.conn.execute(
+            update(jobs).where(jobs.c.id == 3).values(lease_until=utcnow() - timedelta(seconds=1))
+        )
+    taken = await queue.claim("w2")
+    assert taken is not None and taken.id == 3 and taken.attempts == 2
+    assert not await queue.extend(lost)  # the old owner can no longer renew or finish it
+    assert await queue.fail(lost, "late") == "failed"
+    assert (await row(db, 3))["lease_owner"] == "w2"
