@@ -60,10 +60,14 @@ async def test_claim_is_exclusive_and_complete_is_transactional(db: Database) ->
 
 async def test_rollback_leaves_no_job(db: Database) -> None:
     queue = LeaseQueue(db, lease_seconds=30, max_attempts=3)
-    with pytest.raises(RuntimeError):
+
+    async def failing_write() -> None:
         async with db.write() as tx:
             await queue.enqueue(tx, NewJob(id=7, kind="k", payload={}))
             raise RuntimeError("the row that needed the job failed")
+
+    with pytest.raises(RuntimeError):
+        await failing_write()
     assert await queue.claim("w") is None
 
 
