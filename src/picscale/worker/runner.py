@@ -45,6 +45,9 @@ def _child_init() -> None:
     # the pool's processes leave signals to the worker that owns them
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    import pyvips
+
+    pyvips.cache_set_max(0)  # every job is a new image: libvips' operation cache only costs
 
 
 class Worker:
@@ -75,6 +78,9 @@ class Worker:
             raise
 
     def _new_pool(self) -> ProcessPoolExecutor:
+        # glibc gives each libvips thread its own malloc arena; one keeps peak RSS near the
+        # image's size (read when a child starts, so set before the pool spawns them)
+        os.environ.setdefault("MALLOC_ARENA_MAX", "1")
         return ProcessPoolExecutor(
             max_workers=self.settings.job_concurrency,
             mp_context=multiprocessing.get_context("spawn"),
