@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import signal
@@ -9,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ import httpx
 from PIL import Image
 
 START_TIMEOUT = 60.0
+POLL_INTERVAL = 0.05
 
 
 def free_port() -> int:
@@ -45,6 +47,19 @@ def wait_until(
     raise AssertionError(
         f"timed out after {timeout}s waiting for {what or condition}: {last_error}"
     )
+
+
+async def async_wait_until(
+    condition: Callable[[], Awaitable[Any]], *, within: float = 30.0, what: str = ""
+) -> Any:
+    """``wait_until`` for coroutines: poll until truthy, fail after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        value = await condition()
+        if value:
+            return value
+        await asyncio.sleep(POLL_INTERVAL)
+    raise AssertionError(f"timed out after {within}s waiting for {what or condition}")
 
 
 def base_env(data_dir: Path, **settings: Any) -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -141,3 +142,32 @@ def test_worker_killed_mid_job_the_job_completes_once(tmp_path: Path) -> None:
             assert httpx.get(server.url + current["urls"]["thumb"]).status_code == 200
         finally:
             second.stop()
+
+
+def test_request_id_on_every_line_and_on_the_job(tmp_path: Path) -> None:
+    with running_server(tmp_path, job_workers=1, log_level="info") as server:
+        client, _ = new_user(server)
+        r = client.post(
+            "/api/v1/photos",
+            files={"file": ("a.jpg", _jpeg(), "image/jpeg")},
+            headers={"X-Request-ID": "req-upload-42"},
+        )
+        assert r.headers["x-request-id"] == "req-upload-42"
+        wait_ready(client, r.json()["id"])
+
+        def lines() -> list[dict]:
+            out = []
+            for line in server.process.log().splitlines():
+                if line.startswith("{"):
+                    out.append(json.loads(line))
+            return out
+
+        def job_logged() -> list[dict]:
+            return [e for e in lines() if e.get("event") == "job_done"]
+
+        wait_until(job_logged, what="the worker's job_done line")
+        tagged = [e for e in lines() if e.get("request_id") == "req-upload-42"]
+        processes = {e.get("process") for e in tagged}
+        assert {"web", "worker"} <= processes  # the request and the job it queued
+        assert any(e["event"] == "request" and e["status"] == 201 for e in tagged)
+        assert all("timestamp" in e and "level" in e for e in lines())

@@ -1,0 +1,194 @@
+"""Shared bits of the HTTP benchmarks: start real processes, talk to the API, report.
+
+Every process is started in its own session (process group) and stopped by that group's
+id, never by name. Traffic goes to 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+START_TIMEOUT = 60.0
+HOST = "127.0.0.1"
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_until(
+    condition: Callable[[], Any], *, timeout: float = 30.0, interval: float = 0.05, what: str = ""
+) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last_error: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = condition()
+            if value:
+                return value
+        except (httpx.HTTPError, OSError) as exc:
+            last_error = exc
+        time.sleep(interval)
+    raise RuntimeError(f"timed out after {timeout}s waiting for {what}: {last_error}")
+
+
+def pinned(cpu: int | None) -> list[str]:
+    """A ``taskset -c CPU`` prefix, or nothing if taskset or that CPU is missing."""
+    if cpu is None or shutil.which("taskset") is None or cpu >= (os.cpu_count() or 1):
+        return []
+    return ["taskset", "-c", str(cpu)]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PICSCALE_")}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    env.update(extra)
+    return env
+
+
+class Process:
+    """A process this script started: its own process group, stopped by the group id."""
+
+    def __init__(self, args: Sequence[str], env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        with log_path.open("ab") as log_file:
+            self.proc = subprocess.Popen(
+                list(args),
+                env=env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def check_alive(self) -> None:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"{self.proc.args} exited early:\n{self.log()}")
+
+    def stop(self, timeout: float = 45.0) -> None:
+        if self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def wait_http_ok(process: Process, url: str, what: str) -> None:
+    def ok() -> bool:
+        process.check_alive()
+        return httpx.get(url, timeout=2).status_code == 200
+
+    try:
+        wait_until(ok, timeout=START_TIMEOUT, interval=0.1, what=what)
+    except BaseException:
+        process.stop()
+        raise
+
+
+def start_picscale(
+    data_dir: Path,
+    *,
+    workers: int = 1,
+    job_workers: int = 1,
+    cpu: int | None = None,
+    **settings: Any,
+) -> tuple[str, Process]:
+    """``picscale serve`` on a free loopback port; returns (base url, process)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    env = clean_env(PICSCALE_DATA_DIR=str(data_dir), PICSCALE_LOG_LEVEL="warning")
+    for key, value in settings.items():
+        env["PICSCALE_" + key.upper()] = str(value)
+    args = [
+        *pinned(cpu),
+        sys.executable, "-m", "picscale", "serve",
+        "--host", HOST,
+        "--port", str(port),
+        "--workers", str(workers),
+        "--job-workers", str(job_workers),
+    ]  # fmt: skip
+    process = Process(args, env, data_dir / f"serve-{port}.log")
+    url = f"http://{HOST}:{port}"
+    wait_http_ok(process, url + "/readyz", "picscale serve to be ready")
+    return url, process
+
+
+# -- the API ---------------------------------------------------------------------------
+
+
+def sign_up(client: httpx.Client, username: str = "bench", password: str = "bench-password-1") -> str:
+    """Create a user and log in; returns the bearer token."""
+    r = client.post("/api/v1/users", json={"username": username, "password": password})
+    r.raise_for_status()
+    r = client.post("/api/v1/sessions", json={"username": username, "password": password})
+    r.raise_for_status()
+    token: str = r.json()["token"]
+    client.headers["Authorization"] = f"Bearer {token}"
+    return token
+
+
+def upload(client: httpx.Client, data: bytes, caption: str = "bench") -> str:
+    r = client.post(
+        "/api/v1/photos",
+        files={"file": ("photo.jpg", data, "image/jpeg")},
+        data={"caption": caption},
+    )
+    r.raise_for_status()
+    photo_id: str = r.json()["id"]
+    return photo_id
+
+
+def wait_photo_ready(client: httpx.Client, photo_id: str, timeout: float = 120.0) -> dict[str, Any]:
+    def ready() -> dict[str, Any] | None:
+        body: dict[str, Any] = client.get(f"/api/v1/photos/{photo_id}").raise_for_status().json()
+        if body["status"] == "failed":
+            raise RuntimeError(f"photo {photo_id} failed to render: {body}")
+        return body if body["status"] == "ready" else None
+
+    result: dict[str, Any] = wait_until(
+        ready, timeout=timeout, interval=0.05, what=f"photo {photo_id} to be ready"
+    )
+    return result
+
+
+# -- reporting -------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """Linear-interpolated percentile of ``values`` (fraction in 0..1)."""
+    ordered = sorted(values)
+    if not ordered:
+        raise ValueError("no values")
+    position = (len(ordered) - 1) * fraction
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def machine_note() -> str:
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return f"{os.cpu_count()} CPUs, load average {load}"

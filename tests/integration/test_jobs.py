@@ -1,0 +1,79 @@
+"""A render job run twice (at-least-once delivery) makes exactly one version."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from sqlalchemy import func, select, update
+
+from picscale.domain.photos import RENDER_JOB
+from picscale.imaging import Blur, render
+from picscale.services import build_services
+from picscale.settings import load_settings
+from picscale.tiers.db.migrate import upgrade
+from picscale.tiers.db.schema import jobs, photo_versions
+from picscale.worker import Worker
+from support import async_wait_until, image_bytes
+
+
+async def test_running_a_job_twice_makes_one_version(tmp_path: Path) -> None:
+    settings = load_settings({}, data_dir=tmp_path, job_workers=0)
+    await asyncio.to_thread(upgrade, settings)
+    services = build_services(settings)
+
+    async def renderer(source: bytes, ops: object, max_pixels: int) -> object:
+        return await asyncio.to_thread(render, source, ops, max_pixels=max_pixels)  # type: ignore[arg-type]
+
+    try:
+        user = await services.users.sign_up("twice", "password123", None)
+        photo = await services.photos.upload(user, image_bytes(320, 240), "")
+        first = await services.queue.claim("w1")
+        assert first is not None and first.kind == RENDER_JOB
+        await services.photos.render_version(first, renderer)  # type: ignore[arg-type]
+        edit = await services.photos.request_edit(user, photo.id, [Blur(sigma=2)])
+        job = await services.queue.claim("w1")
+        assert job is not None and job.id == edit.id
+
+        # the same job delivered again, e.g. after a lost acknowledgement
+        await services.photos.render_version(job, renderer)  # type: ignore[arg-type]
+        async with services.db.write() as tx:
+            await tx.conn.execute(update(jobs).where(jobs.c.id == job.id).values(status="running"))
+        await services.photos.render_version(job, renderer)  # type: ignore[arg-type]
+
+        async with services.db.read() as conn:
+            count = await conn.scalar(
+                select(func.count())
+                .select_from(photo_versions)
+                .where(photo_versions.c.photo_id == photo.id)
+            )
+            status = await conn.scalar(select(jobs.c.status).where(jobs.c.id == job.id))
+        assert count == 2  # version 1 from the upload, version 2 from the edit, once
+        assert status == "done"
+        current = await services.photos.require(photo.id)
+        assert current.version == 2
+    finally:
+        await services.close()
+
+
+async def test_worker_process_loop_runs_a_job(tmp_path: Path) -> None:
+    settings = load_settings({}, data_dir=tmp_path, job_concurrency=1, job_poll_seconds=0.01)
+    await asyncio.to_thread(upgrade, settings)
+    services = build_services(settings)
+    stop = asyncio.Event()
+    try:
+        user = await services.users.sign_up("looper", "password123", None)
+        photo = await services.photos.upload(user, image_bytes(320, 240), "")
+        worker = Worker(services)
+        task = asyncio.create_task(worker.run(stop))
+
+        async def ready() -> bool:
+            return (await services.photos.require(photo.id)).status == "ready"
+
+        await async_wait_until(ready, within=60, what="the worker to render the upload")
+        assert worker.running == set()
+        stop.set()
+        await asyncio.wait_for(task, timeout=60)
+    finally:
+        stop.set()
+        await services.close()
