@@ -84,7 +84,7 @@ class Process:
 
     def check_alive(self) -> None:
         if self.proc.poll() is not None:
-            raise RuntimeError(f"{self.proc.args} exited early:\n{self.log()}")
+            raise RuntimeError(f"{self.proc.args!r} exited early:\n{self.log()}")
 
     def stop(self, timeout: float = 45.0) -> None:
         if self.proc.poll() is not None:
@@ -140,8 +140,13 @@ def start_picscale(
 # -- the API ---------------------------------------------------------------------------
 
 
-def sign_up(client: httpx.Client, username: str = "bench", password: str = "bench-password-1") -> str:
+BENCH_USER = "bench"
+BENCH_PASSWORD = "bench-password-1"
+
+
+def sign_up(client: httpx.Client, username: str = BENCH_USER) -> str:
     """Create a user and log in; returns the bearer token."""
+    password = BENCH_PASSWORD
     r = client.post("/api/v1/users", json={"username": username, "password": password})
     r.raise_for_status()
     r = client.post("/api/v1/sessions", json={"username": username, "password": password})

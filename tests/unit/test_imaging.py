@@ -257,11 +257,17 @@ def test_garbled_scan_data_never_escapes_as_a_vips_error() -> None:
     start = data.index(b"\xff\xda")  # start of scan: header intact, pixels garbled
     for i in range(start + 200, len(data) - 2, 50):
         data[i] = 0xFF
-    try:
-        assert probe(bytes(data), max_pixels=MAX_PIXELS).width == 400
-        assert render_simple(bytes(data), [Blur(sigma=1)]).width == 400
-    except ImageRejected as exc:
-        assert exc.status == 422
+    for attempt in (
+        lambda: probe(bytes(data), max_pixels=MAX_PIXELS),
+        lambda: render_simple(bytes(data), [Blur(sigma=1)]),
+    ):
+        try:
+            assert attempt().width == 400
+        except ImageRejected as exc:
+            outcome = exc
+        else:
+            continue
+        assert outcome.status == 422
 
 
 def test_image_rejected_survives_a_process_pool() -> None:
@@ -372,12 +378,12 @@ def sniffed(data: bytes) -> str:
 
 @pytest.mark.parametrize("fmt", ALL_FORMATS, ids=lambda f: f.value)
 def test_variants_keep_the_source_format_and_widths(fmt: ImageFormat) -> None:
-    rendered = render_simple(photo(1600, 1200, fmt))
+    rendered = render_simple(photo(1200, 800, fmt))
     assert rendered.format is fmt
-    assert (rendered.width, rendered.height) == (1600, 1200)
+    assert (rendered.width, rendered.height) == (1200, 800)
     assert sorted(rendered.variants) == ["large", "original", "thumb"]
     sizes = {name: load(data).size for name, data in rendered.variants.items()}
-    assert sizes == {"original": (1600, 1200), "large": (1080, 810), "thumb": (320, 240)}
+    assert sizes == {"original": (1200, 800), "large": (1080, 720), "thumb": (320, 213)}
     for data in rendered.variants.values():
         assert sniffed(data) == PIL_FORMATS[fmt]
 
@@ -437,7 +443,7 @@ def test_render_accepts_a_chain_longer_than_one_edit() -> None:
 
 @pytest.mark.parametrize("fmt", ALL_FORMATS, ids=lambda f: f.value)
 def test_metadata_and_gps_are_stripped(fmt: ImageFormat) -> None:
-    source_image = picture(1400, 900)
+    source_image = picture(1200, 300)
     options: dict[str, object] = {"exif": gps_exif().tobytes()}
     if fmt is not ImageFormat.WEBP:
         options["icc_profile"] = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()

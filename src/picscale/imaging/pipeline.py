@@ -19,10 +19,6 @@ import pyvips
 
 from picscale.imaging.ops import Blur, Crop, InvalidEdit, Operation, Sharpen, check_steps
 
-# The operation cache only helps programs that run the same operation on the same image
-# twice; here it would keep finished images (and their source buffers) alive.
-pyvips.cache_set_max(0)
-
 VARIANT_WIDTHS = {"large": 1080, "thumb": 320}
 JPEG_QUALITY = 85
 PNG_COMPRESSION = 6
@@ -37,6 +33,13 @@ _ACCEPTED = "this file is not a JPEG, PNG or WebP image: upload a .jpg, .png or 
 _CORRUPT = "the image is truncated or corrupt: upload the complete, original file"
 
 VipsImage = Any  # pyvips.Image: pyvips ships no type information
+
+
+def configure_vips() -> None:
+    """Per process, at start-up: turn off libvips' operation cache. It only helps programs
+    that run one operation on one image twice; here it keeps finished images (and their
+    source buffers) alive."""
+    pyvips.cache_set_max(0)
 
 
 class ImageFormat(enum.Enum):

@@ -20,6 +20,7 @@ from litestar.template.config import TemplateConfig
 
 from picscale import __version__
 from picscale.domain.errors import DomainError
+from picscale.imaging import configure_vips
 from picscale.observability.logging import configure_logging
 from picscale.observability.metrics import Metrics
 from picscale.services import Services, build_services
@@ -45,6 +46,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        configure_vips()  # uploads are probed in this process
         built = services or build_services(settings, metrics)
         holder["services"] = built
         app.state.services = built

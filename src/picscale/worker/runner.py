@@ -23,7 +23,7 @@ from typing import Any
 import structlog
 
 from picscale.domain.photos import RENDER_JOB
-from picscale.imaging import ImageRejected, Operation, Rendered, render
+from picscale.imaging import ImageRejected, Operation, Rendered, configure_vips, render
 from picscale.observability.logging import configure_logging
 from picscale.observability.metrics import Metrics
 from picscale.services import Services, build_services
@@ -45,9 +45,7 @@ def _child_init() -> None:
     # the pool's processes leave signals to the worker that owns them
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    import pyvips
-
-    pyvips.cache_set_max(0)  # every job is a new image: libvips' operation cache only costs
+    configure_vips()
 
 
 class Worker:

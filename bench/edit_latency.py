@@ -1,0 +1,186 @@
+"""Edit latency: submit an edit of a 12-megapixel JPEG, poll its job until done.
+
+Starts ``picscale serve --job-workers 1`` (embedded defaults, a temporary data directory),
+uploads 4000x3000 JPEGs (noise over gradients, Q90) and, ``--runs`` times, submits an edit
+(crop to 90%, sharpen sigma 1, blur sigma 1.5) and polls ``GET /api/v1/jobs/{id}`` every
+10 ms until it is done: the time from submit to done is what a user waits. Edits chain on
+a photo's current version, so each run edits a fresh photo of the same image. For context,
+the render alone (``picscale.imaging.render`` called in this process) is timed too.
+Target: median submit-to-done < 500 ms.
+
+    uv run --frozen python bench/edit_latency.py [--runs 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+BENCH_DIR = Path(__file__).resolve().parent
+if str(BENCH_DIR) not in sys.path:
+    sys.path.insert(0, str(BENCH_DIR))
+
+from _common import (  # noqa: E402
+    log,
+    machine_note,
+    percentile,
+    sign_up,
+    start_picscale,
+    upload,
+    wait_photo_ready,
+)
+
+WIDTH, HEIGHT = 4000, 3000
+TARGET_MS = 500.0
+POLL_SECONDS = 0.010
+JOB_TIMEOUT = 120.0
+
+
+def make_source() -> bytes:
+    """A photo-like 12 MP JPEG: noise over gradients does not compress to nothing."""
+    import pyvips
+
+    noise = pyvips.Image.gaussnoise(WIDTH, HEIGHT, mean=0, sigma=30)
+    ramp = pyvips.Image.xyz(WIDTH, HEIGHT)[0] * (255 / WIDTH)
+    rgb = (noise + ramp).bandjoin([noise * 0.5 + 128, ramp.flipver()]).cast("uchar")
+    rgb = rgb.copy(interpretation="srgb")
+    data: bytes = rgb.jpegsave_buffer(Q=90)
+    return data
+
+
+def edit_operations() -> list[dict[str, Any]]:
+    width, height = int(WIDTH * 0.9), int(HEIGHT * 0.9)
+    return [
+        {
+            "op": "crop",
+            "x": (WIDTH - width) // 2,
+            "y": (HEIGHT - height) // 2,
+            "width": width,
+            "height": height,
+        },
+        {"op": "sharpen", "sigma": 1.0},
+        {"op": "blur", "sigma": 1.5},
+    ]
+
+
+def timed_edit(client: httpx.Client, photo_id: str) -> tuple[float, float | None]:
+    """(submit-to-done ms, submit-to-first-seen-running ms or None)."""
+    start = time.perf_counter()
+    r = client.post(f"/api/v1/photos/{photo_id}/edits", json={"operations": edit_operations()})
+    if r.status_code != 202:
+        raise RuntimeError(f"edit refused: {r.status_code} {r.text}")
+    job_id = r.json()["id"]
+    running_at: float | None = None
+    deadline = start + JOB_TIMEOUT
+    while True:
+        body = client.get(f"/api/v1/jobs/{job_id}").raise_for_status().json()
+        now = time.perf_counter()
+        status = body["status"]
+        if status == "done":
+            break
+        if status == "failed":
+            raise RuntimeError(f"job {job_id} failed: {body}")
+        if status == "running" and running_at is None:
+            running_at = now
+        if now > deadline:
+            raise RuntimeError(f"job {job_id} not done after {JOB_TIMEOUT}s: {body}")
+        time.sleep(POLL_SECONDS)
+    running_ms = None if running_at is None else (running_at - start) * 1000
+    return (now - start) * 1000, running_ms
+
+
+def render_alone(source: bytes, repeats: int) -> list[float]:
+    import msgspec
+
+    from picscale.imaging import Operation, render
+    from picscale.settings import Settings
+
+    operations = msgspec.convert(edit_operations(), list[Operation])
+    max_pixels = Settings().max_pixels
+    render(source, operations, max_pixels=max_pixels)  # warm up: imports, codec tables
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        render(source, operations, max_pixels=max_pixels)
+        times.append((time.perf_counter() - start) * 1000)
+    return times
+
+
+def row(name: str, values: list[float]) -> str:
+    return (
+        f"{name:<34}{len(values):>5}{min(values):>9.0f}{statistics.median(values):>9.0f}"
+        f"{percentile(values, 0.9):>9.0f}{max(values):>9.0f}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=(__doc__ or "").splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--runs", type=int, default=20, help="timed edits")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed edits first")
+    parser.add_argument("--render-repeats", type=int, default=5, help="in-process renders")
+    args = parser.parse_args()
+    if args.runs < 1:
+        parser.error("--runs must be >= 1")
+
+    log(f"making a {WIDTH}x{HEIGHT} JPEG…")
+    source = make_source()
+    totals: list[float] = []
+    to_running: list[float] = []
+    load_during = ""
+    with tempfile.TemporaryDirectory(prefix="picscale-bench-") as tmp_name:
+        log("starting picscale serve…")
+        base, server = start_picscale(Path(tmp_name) / "data", job_workers=1)
+        try:
+            with httpx.Client(base_url=base, timeout=60.0) as client:
+                sign_up(client)
+                count = args.warmup + args.runs
+                log(f"uploading {count} photos ({len(source) / 1e6:.1f} MB each)…")
+                photo_ids = [upload(client, source, caption=f"edit {i}") for i in range(count)]
+                log("waiting until they are ready…")
+                for photo_id in photo_ids:
+                    wait_photo_ready(client, photo_id, timeout=300.0)
+                for i, photo_id in enumerate(photo_ids):
+                    total_ms, running_ms = timed_edit(client, photo_id)
+                    warm = i < args.warmup
+                    label = "warm-up" if warm else f"run {i - args.warmup + 1}/{args.runs}"
+                    log(f"{label}: submit->done {total_ms:.0f} ms")
+                    if warm:
+                        continue
+                    totals.append(total_ms)
+                    if running_ms is not None:
+                        to_running.append(running_ms)
+                load_during = machine_note()
+            server.check_alive()
+        finally:
+            server.stop()
+
+    log(f"rendering in-process x{args.render_repeats}…")
+    renders = render_alone(source, args.render_repeats)
+
+    print(
+        f"edit of a {WIDTH}x{HEIGHT} JPEG ({len(source) / 1e6:.1f} MB, Q90): crop 90%, "
+        f"sharpen sigma 1, blur sigma 1.5; picscale serve --job-workers 1, embedded "
+        f"defaults; polling every {POLL_SECONDS * 1000:.0f} ms; {load_during}"
+    )
+    print(f"{'measure':<34}{'n':>5}{'min ms':>9}{'median':>9}{'p90':>9}{'max':>9}")
+    print(row("submit -> done (HTTP, queue)", totals))
+    if to_running:
+        print(row("submit -> seen running", to_running))
+    print(row("render alone (in-process)", renders))
+    median = statistics.median(totals)
+    verdict = "met" if median < TARGET_MS else "NOT met"
+    print(f"target: median < {TARGET_MS:.0f} ms -> {verdict} ({median:.0f} ms)")
+
+
+if __name__ == "__main__":
+    main()
