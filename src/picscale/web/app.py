@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -9,7 +10,6 @@ from pathlib import Path
 
 import structlog
 from litestar import Litestar
-from litestar.config.compression import CompressionConfig
 from litestar.contrib.jinja import JinjaTemplateEngine
 from litestar.exceptions import HTTPException
 from litestar.middleware import DefineMiddleware
@@ -26,7 +26,6 @@ from picscale.observability.metrics import Metrics
 from picscale.services import Services, build_services
 from picscale.settings import Settings, load_settings
 from picscale.web.api import build_api
-from picscale.web.auth import csrf_guard
 from picscale.web.errors import handle_exception
 from picscale.web.middleware import RequestContext
 from picscale.web.pages import build_pages
@@ -51,9 +50,12 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
         holder["services"] = built
         app.state.services = built
         log.info("web_started", database=built.db.dialect, cache=settings.cache_url)
+        flusher = asyncio.create_task(built.metrics.flush_every())
         try:
             yield
         finally:
+            flusher.cancel()
+            await asyncio.gather(flusher, return_exceptions=True)
             if services is None:
                 await built.close()
 
@@ -73,7 +75,6 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
             ),
         ],
         lifespan=[lifespan],
-        guards=[csrf_guard],
         middleware=[DefineMiddleware(RequestContext, services=current_services)],
         exception_handlers={
             HTTPException: handle_exception,
@@ -88,10 +89,6 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
             version=__version__,
             path="/schema",
             render_plugins=[ScalarRenderPlugin()],
-        ),
-        # images are compressed already: gzip only text
-        compression_config=CompressionConfig(
-            backend="gzip", minimum_size=1024, exclude=["/media/"]
         ),
         request_max_body_size=settings.max_json_bytes,
         debug=False,

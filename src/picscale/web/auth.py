@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import hmac
 import secrets
+from collections.abc import Sequence
 from typing import Any
 
 from litestar import Request, Response
 from litestar.connection import ASGIConnection
 from litestar.datastructures import Cookie
 from litestar.exceptions import ClientException, PermissionDeniedException
-from litestar.handlers import BaseRouteHandler
+from litestar.handlers import BaseRouteHandler, HTTPRouteHandler
 
 from picscale.domain.errors import Unauthorized
 from picscale.domain.records import UserRecord
@@ -116,6 +117,15 @@ def session_cookie(token: str, *, max_age: int, secure: bool) -> Cookie:
 
 def cleared_session_cookie() -> Cookie:
     return Cookie(key=SESSION_COOKIE, value="", path="/", max_age=0, httponly=True)
+
+
+def protect(handlers: Sequence[HTTPRouteHandler]) -> list[HTTPRouteHandler]:
+    """Put the CSRF guard on the handlers that change something. (Litestar copies a
+    handler for every guard call, so safe handlers are better off without one.)"""
+    for handler in handlers:
+        if not set(handler.http_methods) <= SAFE_METHODS:
+            handler.guards = [*(handler.guards or []), csrf_guard]
+    return list(handlers)
 
 
 async def csrf_guard(

@@ -5,9 +5,9 @@ A plain ASGI middleware, outermost, so it also sees requests that fail routing.
 
 from __future__ import annotations
 
+import os
 import re
 import time
-import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
@@ -31,7 +31,7 @@ def _incoming_id(scope: Scope) -> str:
     for name, value in scope.get("headers", ()):
         if name == REQUEST_ID_HEADER and _VALID_ID.match(value):
             return value.decode()
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()
 
 
 class RequestContext:
@@ -66,9 +66,7 @@ class RequestContext:
         finally:
             elapsed = time.perf_counter() - start
             route = cast("dict[str, Any]", scope).get("path_template") or "unmatched"
-            metrics = self.services().metrics
-            metrics.requests.labels(method, route, str(status)).inc()
-            metrics.latency.labels(method, route).observe(elapsed)
+            self.services().metrics.observe_request(method, route, status, elapsed)
             if not scope["path"].startswith(_QUIET):
                 log.info(
                     "request",

@@ -20,6 +20,7 @@ from picscale.web.auth import (
     cleared_session_cookie,
     csrf_token_of,
     optional_user,
+    protect,
     services_of,
     set_csrf_cookie,
 )
@@ -230,23 +231,25 @@ def build_pages(settings: Settings) -> Router:
 
     return Router(
         "/",
-        route_handlers=[
-            home,
-            signup_form,
-            signup,
-            login_form,
-            login,
-            logout,
-            upload_form,
-            profile,
-            follow,
-            unfollow,
-            photo,
-            photo_status,
-            edit,
-            job_progress,
-            delete_photo,
-        ],
+        route_handlers=protect(
+            [
+                home,
+                signup_form,
+                signup,
+                login_form,
+                login,
+                logout,
+                upload_form,
+                profile,
+                follow,
+                unfollow,
+                photo,
+                photo_status,
+                edit,
+                job_progress,
+                delete_photo,
+            ]
+        ),
         include_in_schema=False,
     )
 

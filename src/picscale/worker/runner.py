@@ -208,7 +208,10 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     services = build_services(settings, Metrics())
+    flusher = asyncio.create_task(services.metrics.flush_every())
     try:
         await Worker(services).run(stop)
     finally:
+        flusher.cancel()
+        await asyncio.gather(flusher, return_exceptions=True)
         await services.close()

@@ -1,0 +1,44 @@
+"""Metrics added up in-process are exported exactly once, in the right buckets."""
+
+from __future__ import annotations
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from picscale.observability.metrics import Metrics
+
+
+def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    body, _ = metrics.exposition()
+    out = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def test_requests_and_latency_are_flushed_into_prometheus_metrics() -> None:
+    m = Metrics()
+    m.observe_request("GET", "/x", 200, 0.0004)
+    m.observe_request("GET", "/x", 200, 0.003)
+    m.observe_request("GET", "/x", 404, 20.0)
+    m.count_query("read")
+    m.cache_event("hit", 3)
+    got = samples(m)  # exposition flushes first
+    req = "picscale_http_requests_total"
+    assert got[(req, (("method", "GET"), ("route", "/x"), ("status", "200")))] == 2
+    assert got[(req, (("method", "GET"), ("route", "/x"), ("status", "404")))] == 1
+    bucket = "picscale_http_request_duration_seconds_bucket"
+    labels = (("method", "GET"), ("route", "/x"))
+    assert got[(bucket, (("le", "0.001"), *labels))] == 1
+    assert got[(bucket, (("le", "0.005"), *labels))] == 2  # cumulative
+    assert got[(bucket, (("le", "10.0"), *labels))] == 2
+    assert got[(bucket, (("le", "+Inf"), *labels))] == 3
+    assert abs(got[("picscale_http_request_duration_seconds_sum", labels)] - 20.0034) < 1e-9
+    assert got[("picscale_db_queries_total", (("intent", "read"),))] == 1
+    assert got[("picscale_cache_events_total", (("event", "hit"),))] == 3
+
+    # a second flush adds only what came since
+    m.observe_request("GET", "/x", 200, 0.0004)
+    again = samples(m)
+    assert again[(req, (("method", "GET"), ("route", "/x"), ("status", "200")))] == 3
+    assert again[(bucket, (("le", "+Inf"), *labels))] == 4
