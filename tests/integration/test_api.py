@@ -252,3 +252,17 @@ def test_health_metrics_and_schema(server: Server) -> None:
     assert "picscale_queue_depth" in metrics
     schema = c.get("/schema/openapi.json").json()
     assert "/api/v1/photos/{photo_id}" in schema["paths"]
+
+
+def test_the_chain_of_edits_on_one_photo_is_bounded(server: Server) -> None:
+    client, _ = new_user(server)
+    photo = wait_ready(client, upload(client, image_bytes(64, 64))["id"])
+    ten = {"operations": [{"op": "blur", "sigma": 0.5}] * 10}
+    for version in range(2, 7):  # 5 edits of 10 operations: 50, the limit
+        r = client.post(f"/api/v1/photos/{photo['id']}/edits", json=ten)
+        assert r.status_code == 202, r.text
+        assert wait_job(client, r.json()["id"])["version"] == version
+    refused = client.post(f"/api/v1/photos/{photo['id']}/edits", json=ten)
+    assert refused.status_code == 422
+    assert "upload it as a new photo" in refused.json()["detail"]
+    assert client.get(f"/api/v1/photos/{photo['id']}").json()["version"] == 6

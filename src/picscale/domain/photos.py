@@ -50,6 +50,9 @@ CAPTION_MAX = 2200
 # first pages of a gallery in these sizes are cached (and invalidated); others are not
 CACHED_PAGE_SIZES = (12, 20)
 
+# a version is rendered from the source through every earlier edit: bound the chain
+MAX_CHAIN = 50
+
 Renderer = Callable[[bytes, Sequence[Operation], int], Awaitable[Rendered]]
 
 _ops_decoder = msgspec.json.Decoder(list[Operation])
@@ -344,6 +347,12 @@ class Photos:
             # a version is rendered from the source with the whole chain of edits: no
             # generation loss from re-encoding an already encoded version
             chain = list(base.operations or []) + [msgspec.to_builtins(op) for op in operations]
+            if len(chain) > MAX_CHAIN:
+                raise Invalid(
+                    f"this photo already carries {len(chain) - len(operations)} edits and a "
+                    f"version is rendered from the upload with all of them (at most "
+                    f"{MAX_CHAIN}): download the current version and upload it as a new photo"
+                )
             payload = {"photo_id": photo_id, "version": int(reserved), "operations": chain}
             await self._queue.enqueue(
                 tx,
