@@ -59,7 +59,7 @@ class Settings:
     job_concurrency: int = 2
     job_lease_seconds: float = 30.0
     job_max_attempts: int = 5
-    job_poll_seconds: float = 0.05
+    job_poll_seconds: float = 1.0  # same-host workers are woken at once by a queued job
     job_time_limit_seconds: float = 120.0
 
     # cache

@@ -14,6 +14,7 @@ from picscale.settings import load_settings
 from picscale.tiers.db import Database, create_database
 from picscale.tiers.db.migrate import upgrade
 from picscale.tiers.db.schema import jobs, utcnow
+from picscale.tiers.epoch import EpochFile
 from picscale.tiers.queue import NewJob
 from picscale.tiers.queue.lease import LeaseQueue
 
@@ -104,3 +105,18 @@ async def test_expired_lease_returns_the_job(db: Database) -> None:
     assert not await queue.extend(lost)  # the old owner can no longer renew or finish it
     assert await queue.fail(lost, "late") == "failed"
     assert (await row(db, 3))["lease_owner"] == "w2"
+
+
+async def test_a_queued_job_wakes_waiting_workers(db: Database, tmp_path: Path) -> None:
+    worker_side = LeaseQueue(
+        db, lease_seconds=30, max_attempts=3, wakeup=EpochFile(tmp_path / "queue-epoch")
+    )
+    web_side = LeaseQueue(
+        db, lease_seconds=30, max_attempts=3, wakeup=EpochFile(tmp_path / "queue-epoch")
+    )
+    waiting = asyncio.create_task(worker_side.wait_for_work(120))
+    await enqueue(db, web_side, 9)
+    # returns long before its 120 s: the commit bumped the shared counter
+    await asyncio.wait_for(waiting, timeout=10)
+    job = await worker_side.claim("w")
+    assert job is not None and job.id == 9

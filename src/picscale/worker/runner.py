@@ -130,10 +130,22 @@ class Worker:
             else:
                 poll_for = poll
             if job is None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=poll_for)
+                await self._idle(stop, poll_for)
                 continue
             await self.process(job)
+
+    async def _idle(self, stop: asyncio.Event, seconds: float) -> None:
+        """Until new work may be there, the poll interval passes, or we are stopping."""
+        waits = [
+            asyncio.create_task(stop.wait()),
+            asyncio.create_task(self.services.queue.wait_for_work(seconds)),
+        ]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in waits:
+                task.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
 
     async def _sample_depth(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

@@ -5,9 +5,10 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from picscale.settings import Settings, SettingsError
-from picscale.tiers.cache.local import EpochFile, LocalCache, NoCache
+from picscale.tiers.cache.local import LocalCache, NoCache
 from picscale.tiers.cache.port import Cache, CacheBackend, Observer, _no_observer
 from picscale.tiers.db import Database
+from picscale.tiers.epoch import EpochFile
 
 
 def create_cache(settings: Settings, db: Database, observe: Observer = _no_observer) -> Cache:

@@ -11,16 +11,11 @@ before someone else's commit is dropped at its next request at the latest.
 
 from __future__ import annotations
 
-import fcntl
-import mmap
-import os
 import random
-import struct
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -29,6 +24,7 @@ from sqlalchemy import delete, func, insert, select
 from picscale.tiers.cache.port import Found
 from picscale.tiers.db import Database, WriteTx
 from picscale.tiers.db.schema import cache_invalidations, utcnow
+from picscale.tiers.epoch import EpochFile
 
 log = structlog.get_logger(__name__)
 
@@ -66,35 +62,6 @@ class LruCache:
 
     def __len__(self) -> int:
         return len(self._entries)
-
-
-class EpochFile:
-    """An 8-byte counter in a shared file: bumped by writers, read by everyone for free."""
-
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            if os.fstat(fd).st_size < 8:
-                os.pwrite(fd, b"\0" * 8, 0)
-            self._map = mmap.mmap(fd, 8)
-        finally:
-            os.close(fd)
-        self._path = path
-
-    def read(self) -> int:
-        return int(struct.unpack_from("<Q", self._map, 0)[0])
-
-    def bump(self) -> None:
-        with open(self._path, "rb") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                struct.pack_into("<Q", self._map, 0, self.read() + 1)
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
-
-    def close(self) -> None:
-        self._map.close()
 
 
 class LocalCache:

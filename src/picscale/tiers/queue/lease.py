@@ -9,6 +9,7 @@ worker that takes it still ends, dead, after ``max_attempts``.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from datetime import timedelta
@@ -18,19 +19,30 @@ from sqlalchemy import and_, func, insert, or_, select, update
 
 from picscale.tiers.db import Database, WriteTx
 from picscale.tiers.db.schema import jobs, utcnow
+from picscale.tiers.epoch import EpochFile
 from picscale.tiers.queue.port import ClaimedJob, NewJob, traced
 
 BACKOFF_BASE_SECONDS = 1.0
 BACKOFF_MAX_SECONDS = 300.0
 SWEEP_EVERY_SECONDS = 1.0
+WAKEUP_CHECK_SECONDS = 0.005
 
 # statuses: queued, failed (waiting for a retry), running, done, dead
 DUE = ("queued", "failed")
 
 
 class LeaseQueue:
-    def __init__(self, db: Database, *, lease_seconds: float, max_attempts: int) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        lease_seconds: float,
+        max_attempts: int,
+        wakeup: EpochFile | None = None,
+    ) -> None:
         self._db = db
+        self._wakeup = wakeup
+        self._seen_wakeup = wakeup.read() if wakeup is not None else 0
         self._lease = timedelta(seconds=lease_seconds)
         self._max_attempts = max_attempts
         self._last_sweep = 0.0
@@ -52,6 +64,13 @@ class LeaseQueue:
                 updated_at=now,
             )
         )
+        if self._wakeup is not None:
+            wakeup = self._wakeup
+
+            async def nudge() -> None:
+                wakeup.bump()
+
+            tx.after_commit(nudge)
 
     async def claim(self, owner: str) -> ClaimedJob | None:
         now = utcnow()
@@ -170,6 +189,19 @@ class LeaseQueue:
                 )
             )
         return status
+
+    async def wait_for_work(self, seconds: float) -> None:
+        if self._wakeup is None:
+            await asyncio.sleep(seconds)
+            return
+        # a memory read every few milliseconds: a queued job is picked up at once
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            current = self._wakeup.read()
+            if current != self._seen_wakeup:
+                self._seen_wakeup = current
+                return
+            await asyncio.sleep(WAKEUP_CHECK_SECONDS)
 
     async def depth(self) -> int:
         async with self._db.read() as conn:

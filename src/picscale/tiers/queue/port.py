@@ -69,15 +69,22 @@ class JobQueue(Protocol):
         """Jobs waiting to run."""
         ...
 
+    async def wait_for_work(self, seconds: float) -> None:
+        """Return after ``seconds`` seconds, or sooner when a job may have been queued."""
+        ...
+
 
 def create_job_queue(settings: Settings, db: Database) -> JobQueue:
     scheme = urlsplit(settings.queue_url).scheme
     if scheme == "lease":
+        from picscale.tiers.epoch import EpochFile
         from picscale.tiers.queue.lease import LeaseQueue
 
         return LeaseQueue(
             db,
             lease_seconds=settings.job_lease_seconds,
             max_attempts=settings.job_max_attempts,
+            # processes sharing a SQLite file share a host: a queued job wakes workers
+            wakeup=EpochFile(settings.data_dir / "queue-epoch") if db.dialect == "sqlite" else None,
         )
     raise SettingsError(f"PICSCALE_QUEUE_URL scheme {scheme!r} is not supported: use lease://")
