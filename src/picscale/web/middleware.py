@@ -5,6 +5,8 @@ A plain ASGI middleware, outermost, so it also sees requests that fail routing.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import re
 import time
@@ -15,7 +17,7 @@ import structlog
 from litestar.enums import ScopeType
 
 if TYPE_CHECKING:
-    from litestar.types import ASGIApp, Message, Receive, Scope, Send
+    from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Send
 
     from picscale.services import Services
 
@@ -25,6 +27,8 @@ REQUEST_ID_HEADER = b"x-request-id"
 _VALID_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 # noisy endpoints polled by probes and scrapers are counted but not logged
 _QUIET = ("/healthz", "/readyz", "/metrics")
+DRAIN_LIMIT_BYTES = 32 * 1024 * 1024
+DRAIN_TIMEOUT_SECONDS = 10.0
 
 
 def _incoming_id(scope: Scope) -> str:
@@ -32,6 +36,17 @@ def _incoming_id(scope: Scope) -> str:
         if name == REQUEST_ID_HEADER and _VALID_ID.match(value):
             return value.decode()
     return os.urandom(16).hex()
+
+
+async def _drain(receive: Receive, done: Callable[[], bool]) -> None:
+    async def drain() -> None:
+        received = 0
+        while not done() and received < DRAIN_LIMIT_BYTES:
+            message = await receive()
+            received += len(cast("dict[str, bytes]", message).get("body", b""))
+
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(drain(), timeout=DRAIN_TIMEOUT_SECONDS)
 
 
 class RequestContext:
@@ -48,6 +63,14 @@ class RequestContext:
         structlog.contextvars.bind_contextvars(request_id=request_id)
         status = 500
         start = time.perf_counter()
+        body_read = False
+
+        async def receive_tracked() -> ReceiveMessage:
+            nonlocal body_read
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_read = True
+            return message
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -62,7 +85,11 @@ class RequestContext:
             # see the writes other processes made since this process last looked
             services = self.services()
             await services.cache.sync()
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive_tracked, send_with_id)
+            if not body_read and status >= 400:
+                # refused before its body was read (too large, not allowed): read the rest,
+                # so the client gets our answer rather than a connection reset mid-send
+                await _drain(receive_tracked, lambda: body_read)
         finally:
             elapsed = time.perf_counter() - start
             route = cast("dict[str, Any]", scope).get("path_template") or "unmatched"
