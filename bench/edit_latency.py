@@ -43,11 +43,12 @@ POLL_SECONDS = 0.010
 JOB_TIMEOUT = 120.0
 
 
-def make_source() -> bytes:
-    """A photo-like 12 MP JPEG: noise over gradients does not compress to nothing."""
+def make_source(noise_sigma: float) -> bytes:
+    """A photo-like 12 MP JPEG: noise over gradients does not compress to nothing. Noise
+    sigma 10 gives about 4 MB, a phone camera's JPEG; 30 gives an 11 MB stress case."""
     import pyvips
 
-    noise = pyvips.Image.gaussnoise(WIDTH, HEIGHT, mean=0, sigma=30)
+    noise = pyvips.Image.gaussnoise(WIDTH, HEIGHT, mean=0, sigma=noise_sigma)
     ramp = pyvips.Image.xyz(WIDTH, HEIGHT)[0] * (255 / WIDTH)
     rgb = (noise + ramp).bandjoin([noise * 0.5 + 128, ramp.flipver()]).cast("uchar")
     rgb = rgb.copy(interpretation="srgb")
@@ -128,12 +129,15 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20, help="timed edits")
     parser.add_argument("--warmup", type=int, default=1, help="untimed edits first")
     parser.add_argument("--render-repeats", type=int, default=5, help="in-process renders")
+    parser.add_argument(
+        "--noise", type=float, default=10.0, help="noise sigma of the test photo (30: 11 MB)"
+    )
     args = parser.parse_args()
     if args.runs < 1:
         parser.error("--runs must be >= 1")
 
     log(f"making a {WIDTH}x{HEIGHT} JPEG…")
-    source = make_source()
+    source = make_source(args.noise)
     totals: list[float] = []
     to_running: list[float] = []
     load_during = ""

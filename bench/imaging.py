@@ -62,11 +62,13 @@ def crop_box(width: int, height: int) -> tuple[int, int, int, int]:
 def edit_pyvips(data: bytes) -> tuple[bytes, int, int]:
     import pyvips
 
+    from picscale.imaging import Blur, Sharpen, apply_operations
+
     image = pyvips.Image.jpegload_buffer(data, access="sequential")
     image = image.crop(*crop_box(image.width, image.height))
     image = image.resize(TARGET_WIDTH / image.width)
-    image = image.sharpen(sigma=SHARPEN_SIGMA)
-    image = image.gaussblur(BLUR_SIGMA)
+    # sharpen and blur exactly as the worker runs them
+    image = apply_operations(image, [Sharpen(sigma=SHARPEN_SIGMA), Blur(sigma=BLUR_SIGMA)])
     out: bytes = image.jpegsave_buffer(Q=QUALITY, keep=0)
     return out, int(image.width), int(image.height)
 
@@ -79,7 +81,7 @@ def edit_pillow(data: bytes) -> tuple[bytes, int, int]:
         left, top, w, h = crop_box(*source.size)
         image = source.crop((left, top, left + w, top + h))
     image = image.resize((TARGET_WIDTH, round(h * TARGET_WIDTH / w)), Image.Resampling.LANCZOS)
-    image = image.filter(ImageFilter.UnsharpMask(radius=SHARPEN_SIGMA, percent=150, threshold=3))
+    image = image.filter(ImageFilter.UnsharpMask(radius=SHARPEN_SIGMA, percent=100, threshold=0))
     image = image.filter(ImageFilter.GaussianBlur(radius=BLUR_SIGMA))
     out = io.BytesIO()
     image.save(out, "JPEG", quality=QUALITY)

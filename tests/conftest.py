@@ -1,4 +1,5 @@
-"""Shared fixtures: one real `picscale serve` per test module that asks for it."""
+"""Shared fixtures: one real `picscale serve` per test module that asks for it, on the
+embedded SQLite database and on a real PostgreSQL server."""
 
 from __future__ import annotations
 
@@ -10,16 +11,26 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from support import Server, start_server
+from pg import PostgresServer, start_postgres  # noqa: E402
+from support import Server, start_server  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = start_server(
-        tmp_path_factory.mktemp("picscale"),
-        job_workers=1,
-        login_failures_per_account=3,
-        login_failures_per_address=50,
-    )
+def postgres() -> Iterator[PostgresServer]:
+    pg = start_postgres()
+    yield pg
+    pg.close()
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    settings: dict[str, object] = {
+        "login_failures_per_account": 3,
+        "login_failures_per_address": 50,
+    }
+    if request.param == "postgresql":
+        pg: PostgresServer = request.getfixturevalue("postgres")
+        settings["database_url"] = pg.url
+    srv = start_server(tmp_path_factory.mktemp("picscale"), job_workers=1, **settings)
     yield srv
     srv.close()

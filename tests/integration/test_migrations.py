@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pg import PostgresServer
 from support import base_env
 
 
@@ -70,3 +71,31 @@ def test_bad_setting_names_the_variable(tmp_path: Path) -> None:
     )
     assert result.returncode != 0
     assert "PICSCALE_PORT" in result.stderr
+
+
+def test_upgrade_downgrade_upgrade_on_postgresql(tmp_path: Path, postgres: PostgresServer) -> None:
+    env = base_env(tmp_path, database_url=postgres.url)
+
+    def migrate(*args: str) -> None:
+        result = subprocess.run(
+            [sys.executable, "-m", "picscale", "migrate", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+
+    def pg_tables() -> set[str]:
+        out = postgres.sql("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        return set(out.split())
+
+    expected = {"users", "photos", "photo_versions", "follows", "jobs", "sessions"}
+    migrate()
+    assert expected <= pg_tables()
+    migrate("--downgrade", "base")
+    assert pg_tables() <= {"alembic_version"}
+    migrate()
+    assert expected <= pg_tables()
+    assert postgres.sql("SELECT count(*) FROM alembic_version") == "1"

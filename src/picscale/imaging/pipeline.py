@@ -217,6 +217,13 @@ def _apply(image: VipsImage, op: Operation) -> VipsImage:
     raise InvalidEdit(f"unknown operation {op!r}")  # pragma: no cover - checked before
 
 
+def apply_operations(image: VipsImage, operations: Sequence[Operation]) -> VipsImage:
+    """The edits, in order, on a loaded image (lazily: pixels flow when it is written)."""
+    for op in operations:
+        image = _apply(image, op)
+    return image
+
+
 def _resize_to_width(image: VipsImage, width: int) -> VipsImage:
     """Shrink to ``width`` pixels wide, keeping the aspect ratio; never enlarge."""
     if image.width <= width:
@@ -262,8 +269,7 @@ def render(source: bytes, operations: Sequence[Operation], *, max_pixels: int) -
             # turning or flipping reads the pixels out of order: load for random access
             image = _load(source, fmt)
         image = _to_srgb(image.autorot())
-        for op in operations:
-            image = _apply(image, op)
+        image = apply_operations(image, operations)
         # decode and edit once into memory: all three variants read these pixels
         image = image.copy_memory()
     except pyvips.Error:
