@@ -11,8 +11,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from pg import PostgresServer, start_postgres  # noqa: E402
-from support import Server, start_server  # noqa: E402
+from pg import PostgresServer, start_postgres
+from support import Server, start_server
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,9 @@ def postgres() -> Iterator[PostgresServer]:
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
     settings: dict[str, object] = {
         "login_failures_per_account": 3,
         "login_failures_per_address": 50,

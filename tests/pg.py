@@ -65,18 +65,29 @@ class PostgresServer:
         self.proc = subprocess.Popen(
             [
                 str(PG_BIN / "postgres"),
-                "-D", str(self.data),
-                "-p", str(self.port),
-                "-c", "listen_addresses=127.0.0.1",
-                "-c", f"unix_socket_directories={self.root}",
-                "-c", "fsync=off",  # test speed: durability is not what these tests check
-                "-c", "synchronous_commit=off",
-                "-c", "full_page_writes=off",
-                "-c", "max_connections=200",
-                "-c", "wal_level=replica",
-                "-c", "hot_standby=on",
-                "-c", "hot_standby_feedback=on",
-            ],  # fmt: skip
+                "-D",
+                str(self.data),
+                "-p",
+                str(self.port),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                f"unix_socket_directories={self.root}",
+                "-c",
+                "fsync=off",  # test speed: durability is not what these tests check
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+                "-c",
+                "max_connections=200",
+                "-c",
+                "wal_level=replica",
+                "-c",
+                "hot_standby=on",
+                "-c",
+                "hot_standby_feedback=on",
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -99,9 +110,20 @@ class PostgresServer:
         out = _run(
             [
                 str(PG_BIN / "psql"),
-                "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
-                "-d", database, "-Atq", "-v", "ON_ERROR_STOP=1", "-c", statement,
-            ]  # fmt: skip
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                "-d",
+                database,
+                "-Atq",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                statement,
+            ]
         )
         return out.stdout.strip()
 
@@ -121,9 +143,20 @@ class PostgresServer:
         _run(
             [
                 str(PG_BIN / "pg_basebackup"),
-                "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
-                "-D", str(replica.data), "-R", "-X", "stream", "-c", "fast",
-            ]  # fmt: skip
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                "-D",
+                str(replica.data),
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+            ]
         )
         replica.start()
         self.replicas.append(replica)
@@ -141,9 +174,14 @@ def start_postgres() -> PostgresServer:
     _run(
         [
             str(PG_BIN / "initdb"),
-            "-D", str(server.data), "-U", "postgres", "--auth=trust",
-            "--encoding=UTF8", "--locale=C.UTF-8",
-        ]  # fmt: skip
+            "-D",
+            str(server.data),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--locale=C.UTF-8",
+        ]
     )
     server.start()
     server.sql(f"CREATE DATABASE {DATABASE}", database="postgres")
