@@ -42,7 +42,7 @@ class Services:
 
 def build_services(settings: Settings, metrics: Metrics | None = None) -> Services:
     metrics = metrics or Metrics()
-    db = create_database(settings, metrics.count_query)
+    db = create_database(settings, metrics)
     cache = create_cache(settings, db, metrics.cache_event)
     storage = create_media_store(settings)
     queue = create_job_queue(settings, db)

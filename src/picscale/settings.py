@@ -29,6 +29,7 @@ class Settings:
 
     # tiers: each chosen by the scheme of one URL; empty means the embedded default
     database_url: str = ""  # sqlite:///path | postgresql://...
+    database_replica_urls: str = ""  # comma-separated postgresql:// URLs of replicas
     cache_url: str = "memory://"  # memory:// | none://
     session_url: str = "database://"  # sessions table in the database
     queue_url: str = "lease://"  # lease table in the database
@@ -73,6 +74,12 @@ class Settings:
     db_pool_size: int = 10
     db_pool_timeout_seconds: float = 10.0
     db_statement_timeout_seconds: float = 10.0
+
+    # replicas: left out when further behind than this; a user's reads stay on caught-up
+    # nodes for this long after the user wrote
+    replica_max_lag_seconds: float = 60.0
+    replica_max_lag_bytes: int = 8 * MB
+    sticky_seconds: int = 30
 
     extra: Mapping[str, str] = field(default_factory=dict)
 

@@ -246,7 +246,9 @@ def test_health_metrics_and_schema(server: Server) -> None:
     route = r'route="/api/v1/users/\{username\}",status="404"'
     assert re.search(r"picscale_http_requests_total\{method=\"GET\"," + route, metrics)
     assert "picscale_http_request_duration_seconds_bucket" in metrics
-    assert 'picscale_db_queries_total{intent="read"}' in metrics
+    assert re.search(
+        r'picscale_db_queries_total\{host="[^"]+",intent="read",role="primary"\}', metrics
+    )
     assert "picscale_cache_events_total" in metrics
     assert re.search(r'picscale_jobs_total\{kind="render_version",outcome="done"\}', metrics)
     assert "picscale_queue_depth" in metrics

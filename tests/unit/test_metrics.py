@@ -21,7 +21,7 @@ def test_requests_and_latency_are_flushed_into_prometheus_metrics() -> None:
     m.observe_request("GET", "/x", 200, 0.0004)
     m.observe_request("GET", "/x", 200, 0.003)
     m.observe_request("GET", "/x", 404, 20.0)
-    m.count_query("read")
+    m.count_query("read", "replica", "db2:5432")
     m.cache_event("hit", 3)
     got = samples(m)  # exposition flushes first
     req = "picscale_http_requests_total"
@@ -34,7 +34,8 @@ def test_requests_and_latency_are_flushed_into_prometheus_metrics() -> None:
     assert got[(bucket, (("le", "10.0"), *labels))] == 2
     assert got[(bucket, (("le", "+Inf"), *labels))] == 3
     assert abs(got[("picscale_http_request_duration_seconds_sum", labels)] - 20.0034) < 1e-9
-    assert got[("picscale_db_queries_total", (("intent", "read"),))] == 1
+    queries = (("host", "db2:5432"), ("intent", "read"), ("role", "replica"))
+    assert got[("picscale_db_queries_total", queries)] == 1
     assert got[("picscale_cache_events_total", (("event", "hit"),))] == 3
 
     # a second flush adds only what came since

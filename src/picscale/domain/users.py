@@ -49,7 +49,7 @@ class LoginThrottle:
     async def check(self, username: str, address: str) -> None:
         keys = self._keys(username, address)
         now = utcnow()
-        async with self._db.read() as conn:
+        async with self._db.read_primary() as conn:
             rows = (
                 await conn.execute(
                     select(login_failures).where(login_failures.c.key.in_(keys.values()))

@@ -60,7 +60,31 @@ class Metrics:
             registry=r,
         )
         self.db_queries = Counter(
-            "picscale_db_queries_total", "Database statements by intent", ["intent"], registry=r
+            "picscale_db_queries_total",
+            "Database statements by intent (read, write, check), role and host",
+            ["intent", "role", "host"],
+            registry=r,
+        )
+        self.db_replica_events = Counter(
+            "picscale_db_replica_events_total",
+            "Replica routing: primary_for_lag (no caught-up replica), sticky (a request "
+            "bound to its user's last write)",
+            ["event", "host"],
+            registry=r,
+        )
+        self.replica_lag_seconds = Gauge(
+            "picscale_db_replica_lag_seconds",
+            "Replay lag per replica, as last checked",
+            ["replica"],
+            multiprocess_mode="max",
+            registry=r,
+        )
+        self.replica_lag_bytes = Gauge(
+            "picscale_db_replica_lag_bytes",
+            "WAL bytes a replica has yet to replay, as last checked",
+            ["replica"],
+            multiprocess_mode="max",
+            registry=r,
         )
         self.queue_depth = Gauge(
             "picscale_queue_depth",
@@ -93,8 +117,15 @@ class Metrics:
         sums[bisect_left(self._bounds, seconds)] += 1
         sums[-1] += seconds
 
-    def count_query(self, intent: str) -> None:
-        self._counts[(self.db_queries, (intent,))] += 1
+    def count_query(self, intent: str, role: str = "primary", host: str = "") -> None:
+        self._counts[(self.db_queries, (intent, role, host))] += 1
+
+    def replica_event(self, event: str, host: str) -> None:
+        self._counts[(self.db_replica_events, (event, host))] += 1
+
+    def replica_lag(self, host: str, seconds: float, lag_bytes: float) -> None:
+        self._child(self.replica_lag_seconds, (host,)).set(seconds)
+        self._child(self.replica_lag_bytes, (host,)).set(lag_bytes)
 
     def cache_event(self, event: str, count: int = 1) -> None:
         self._counts[(self.cache, (event,))] += count

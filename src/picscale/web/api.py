@@ -16,6 +16,7 @@ from picscale.settings import Settings
 from picscale.web.auth import (
     SESSION_COOKIE,
     bearer_token,
+    bind_reads,
     cleared_session_cookie,
     current_user,
     protect,
@@ -71,6 +72,7 @@ async def start_session(
     if old:
         await services.sessions.delete(old)
     session = await services.sessions.create(user.id)
+    await bind_reads(services, session, fresh=True)
     secure = services.settings.is_production
     ttl = services.settings.session_ttl_seconds
     response.set_cookie(session_cookie(session.token, max_age=ttl, secure=secure))

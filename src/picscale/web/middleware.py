@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, cast
 import structlog
 from litestar.enums import ScopeType
 
+from picscale.tiers.db import read_context
+
 if TYPE_CHECKING:
     from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Send
 
@@ -85,7 +87,11 @@ class RequestContext:
             # see the writes other processes made since this process last looked
             services = self.services()
             await services.cache.sync()
-            await self.app(scope, receive_tracked, send_with_id)
+            with read_context() as reads:
+                await self.app(scope, receive_tracked, send_with_id)
+                if reads.written is not None and reads.remember is not None:
+                    # this user's next reads need a replica that has replayed this write
+                    await reads.remember(reads.written)
             if not body_read and status >= 400:
                 # refused before its body was read (too large, not allowed): read the rest,
                 # so the client gets our answer rather than a connection reset mid-send

@@ -28,6 +28,7 @@ from picscale.observability.logging import configure_logging
 from picscale.observability.metrics import Metrics
 from picscale.services import Services, build_services
 from picscale.settings import Settings
+from picscale.tiers.db import read_context
 from picscale.tiers.queue import ClaimedJob
 
 log = structlog.get_logger("picscale.worker")
@@ -182,9 +183,12 @@ class Worker:
                 outcome = await queue.fail(job, f"no handler for kind {job.kind!r}", permanent=True)
             else:
                 try:
-                    result = await asyncio.wait_for(
-                        handler(job), timeout=self.settings.job_time_limit_seconds
-                    )
+                    # the job reads at least what the request that queued it had seen
+                    wal = job.payload.get("wal")
+                    with read_context(required=int(wal) if wal is not None else None):
+                        result = await asyncio.wait_for(
+                            handler(job), timeout=self.settings.job_time_limit_seconds
+                        )
                     log.info("job_done", result=result)
                 except ImageRejected as exc:
                     outcome = await queue.fail(job, exc.message, permanent=True)

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
-from picscale.tiers.db import WriteTx
+from picscale.tiers.db import WriteTx, primary_reads
 
 T = TypeVar("T")
 K = TypeVar("K")
@@ -107,7 +107,8 @@ class Cache:
         try:
             self._observe("load")
             since = self.backend.generation()
-            value = await load()
+            with primary_reads():
+                value = await load()
             result: Found[Any] = Found(value)
             await self.backend.set_many(
                 {key: result},
@@ -144,7 +145,8 @@ class Cache:
             self._observe("miss", len(missing))
             self._observe("load", len(missing))
             since = self.backend.generation()
-            loaded = await load_many(missing)
+            with primary_reads():
+                loaded = await load_many(missing)
             by_ident = {ident: key for key, ident in keys.items()}
             await self.backend.set_many(
                 {by_ident[i]: Found(loaded.get(i)) for i in missing},

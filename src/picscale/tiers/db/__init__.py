@@ -4,6 +4,32 @@
 primary, in one transaction, and runs its after-commit actions only once it committed.
 """
 
-from picscale.tiers.db.database import Database, WriteTx, create_database, is_unique_violation
+from picscale.tiers.db.database import (
+    Database,
+    ReadConnection,
+    WriteTx,
+    create_database,
+    is_unique_violation,
+)
+from picscale.tiers.db.replicas import (
+    ReadContext,
+    current_context,
+    format_lsn,
+    parse_lsn,
+    primary_reads,
+    read_context,
+)
 
-__all__ = ["Database", "WriteTx", "create_database", "is_unique_violation"]
+__all__ = [
+    "Database",
+    "ReadConnection",
+    "ReadContext",
+    "WriteTx",
+    "create_database",
+    "current_context",
+    "format_lsn",
+    "is_unique_violation",
+    "parse_lsn",
+    "primary_reads",
+    "read_context",
+]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, Protocol
 
 import structlog
@@ -13,14 +14,27 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from picscale.settings import Settings, SettingsError
+from picscale.tiers.db.replicas import (
+    _PRIMARY_POSITION,
+    Replica,
+    ReplicaSet,
+    current_context,
+    is_retryable_read_error,
+    node_name,
+    reads_on_primary,
+)
 
 log = structlog.get_logger(__name__)
 
 AfterCommit = Callable[[], Awaitable[None]]
 
 
-class QueryCounter(Protocol):
-    def __call__(self, intent: str) -> None: ...
+class DatabaseObserver(Protocol):
+    def count_query(self, intent: str, role: str, host: str) -> None: ...
+
+    def replica_event(self, event: str, host: str) -> None: ...
+
+    def replica_lag(self, host: str, seconds: float, lag_bytes: float) -> None: ...
 
 
 class WriteTx:
@@ -36,18 +50,93 @@ class WriteTx:
         self._after_commit.append(action)
 
 
+class ReadConnection:
+    """A connection for reads. On a replica, a statement that fails because the node went
+    away (or recovery cancelled it) runs again on another replica or the primary."""
+
+    def __init__(self, db: Database, stack: AsyncExitStack, replica: Replica | None) -> None:
+        self._db = db
+        self._stack = stack
+        self.replica = replica
+        self._conn: AsyncConnection | None = None
+        self._tried: set[str] = set()
+
+    async def _connection(self) -> AsyncConnection:
+        if self._conn is None:
+            engine = self.replica.engine if self.replica else self._db.reader_for_primary
+            conn = await self._stack.enter_async_context(engine.connect())
+            conn.info["intent"] = "read"
+            conn.info["role"] = "replica" if self.replica else "primary"
+            self._conn = conn
+        return self._conn
+
+    async def _run(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        while True:
+            try:
+                conn = await self._connection()
+                return await getattr(conn, method)(*args, **kwargs)
+            except Exception as exc:
+                replicas = self._db.replicas
+                if self.replica is None or replicas is None or not is_retryable_read_error(exc):
+                    raise
+                log.warning("replica_read_failed", replica=self.replica.name, error=repr(exc)[:200])
+                replicas.mark_failed(self.replica, exc)
+                self._tried.add(self.replica.name)
+                if self._conn is not None:
+                    with contextlib.suppress(Exception):
+                        await self._conn.invalidate()
+                self._conn = None
+                context = current_context()
+                self.replica = await replicas.choose(
+                    context.required if context else None, exclude=self._tried
+                )
+
+    async def execute(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
+        return await self._run("execute", statement, *args, **kwargs)
+
+    async def scalar(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
+        return await self._run("scalar", statement, *args, **kwargs)
+
+    async def scalars(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
+        return await self._run("scalars", statement, *args, **kwargs)
+
+
 class Database:
-    def __init__(self, primary: AsyncEngine, reader: AsyncEngine, dialect: str) -> None:
+    def __init__(
+        self,
+        primary: AsyncEngine,
+        reader: AsyncEngine,
+        dialect: str,
+        replicas: ReplicaSet | None = None,
+    ) -> None:
         self._primary = primary
         self._reader = reader
         self.dialect = dialect
+        self.replicas = replicas
+
+    @property
+    def reader_for_primary(self) -> AsyncEngine:
+        return self._reader
 
     @asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncConnection]:
-        """A read-only unit of work. May be served by a replica: never write inside it."""
-        async with self._reader.connect() as conn:
-            conn.info["intent"] = "read"
-            yield conn
+    async def read(self) -> AsyncIterator[ReadConnection]:
+        """A read-only unit of work, on a replica when one may serve it: never write inside.
+
+        Reads of a request that has written go to the primary; otherwise a replica that
+        has replayed the request's required WAL position, else the primary.
+        """
+        replica = None
+        context = current_context()
+        if self.replicas is not None and not (context and context.wrote) and not reads_on_primary():
+            replica = await self.replicas.choose(context.required if context else None)
+        async with AsyncExitStack() as stack:
+            yield ReadConnection(self, stack, replica)
+
+    @asynccontextmanager
+    async def read_primary(self) -> AsyncIterator[ReadConnection]:
+        """Reads that must see every commit (sessions, log-in throttling): the primary."""
+        async with AsyncExitStack() as stack:
+            yield ReadConnection(self, stack, None)
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[WriteTx]:
@@ -57,6 +146,14 @@ class Database:
             tx = WriteTx(conn)
             async with conn.begin():
                 yield tx
+            context = current_context()
+            if context is not None:
+                position = None
+                if self.replicas is not None:
+                    # where the primary's WAL is now: this user's reads need a replica
+                    # that has replayed at least this far
+                    position = int(await conn.scalar(_PRIMARY_POSITION) or 0)
+                context.wrote_at(position)
         for action in tx._after_commit:
             try:
                 await action()
@@ -70,6 +167,8 @@ class Database:
             await conn.execute(text("SELECT 1"))
 
     async def dispose(self) -> None:
+        if self.replicas is not None:
+            await self.replicas.dispose()
         await self._primary.dispose()
         if self._reader is not self._primary:
             await self._reader.dispose()
@@ -162,14 +261,40 @@ def create_engines(settings: Settings) -> tuple[AsyncEngine, AsyncEngine, str]:
     return engine, engine, "postgresql"
 
 
-def create_database(settings: Settings, count_query: QueryCounter | None = None) -> Database:
+def create_database(settings: Settings, observe: DatabaseObserver | None = None) -> Database:
     primary, reader, dialect = create_engines(settings)
-    if count_query is not None:
-        counter = count_query
+    replicas = None
+    if settings.database_replica_urls:
+        if dialect != "postgresql":
+            raise SettingsError(
+                "PICSCALE_DATABASE_REPLICA_URLS needs PICSCALE_DATABASE_URL=postgresql://..."
+            )
+        replicas = ReplicaSet(
+            [
+                Replica(node_name(engine), engine)
+                for engine in (
+                    _postgres_engine(async_url(url.strip()), settings)
+                    for url in settings.database_replica_urls.split(",")
+                    if url.strip()
+                )
+            ],
+            primary,
+            max_lag_seconds=settings.replica_max_lag_seconds,
+            max_lag_bytes=settings.replica_max_lag_bytes,
+            observe=observe.replica_event if observe else None,
+            observe_lag=observe.replica_lag if observe else None,
+        )
+    if observe is not None:
+        engines = {primary, reader, *(r.engine for r in (replicas.replicas if replicas else []))}
+        for engine in engines:
+            host = node_name(engine) if dialect == "postgresql" else "sqlite"
+            default_role = "primary" if engine in (primary, reader) else "replica"
 
-        def _count(conn: Any, *_args: Any, **_kw: Any) -> None:
-            counter(conn.info.get("intent", "other"))
+            def _count(
+                conn: Any, *_args: Any, _host: str = host, _role: str = default_role, **_kw: Any
+            ) -> None:
+                info = conn.info
+                observe.count_query(info.get("intent", "other"), info.get("role", _role), _host)
 
-        for engine in {primary, reader}:
             event.listen(engine.sync_engine, "before_cursor_execute", _count)
-    return Database(primary, reader, dialect)
+    return Database(primary, reader, dialect, replicas)

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import structlog
 
 from picscale.settings import Settings, SettingsError
-from picscale.tiers.db import Database, WriteTx
+from picscale.tiers.db import Database, WriteTx, current_context
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,9 +39,18 @@ class ClaimedJob:
 
 
 def traced(payload: dict[str, Any]) -> dict[str, Any]:
-    """The payload with the current request id, so the job's log lines carry it too."""
+    """The payload with the current request's id (the job's log lines carry it too) and
+    WAL position (the job reads what the request saw, whichever replica serves it)."""
+    out = dict(payload)
     request_id = structlog.contextvars.get_contextvars().get("request_id")
-    return {**payload, "request_id": request_id} if request_id else payload
+    if request_id:
+        out["request_id"] = request_id
+    context = current_context()
+    if context is not None:
+        positions = [p for p in (context.written, context.required) if p is not None]
+        if positions:
+            out["wal"] = max(positions)
+    return out
 
 
 class JobQueue(Protocol):

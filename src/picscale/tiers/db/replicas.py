@@ -1,0 +1,250 @@
+"""Reads on replicas, with read-your-writes (the design of GitLab's load balancer).
+
+- Reads go to a healthy replica; writes, and the reads of a request that has written,
+  go to the primary.
+- After a request writes, the primary's WAL position is kept for that user (30 s, in
+  the session); that user's next reads go only to a replica that has replayed it, else
+  to the primary. Jobs carry the position of the request that queued them.
+- Replica positions and lag are checked with a 100 ms timeout and cached for 100 ms;
+  a replica too far behind, or failing its check, is left out and re-checked later.
+- A read that fails on a replica (it died, or a hot-standby conflict cancelled it)
+  is retried on another replica or the primary: the request still succeeds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+
+import structlog
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+log = structlog.get_logger(__name__)
+
+CHECK_TIMEOUT_SECONDS = 0.1
+POSITION_TTL_SECONDS = 0.1
+RECHECK_FAILED_SECONDS = 1.0
+
+_REPLICA_STATE = text(
+    "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn() - '0/0'::pg_lsn, "
+    "CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 "
+    "ELSE COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 0) END"
+)
+_PRIMARY_POSITION = text("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")
+
+
+def format_lsn(position: int) -> str:
+    """An LSN as PostgreSQL writes it (``16/B374D848``)."""
+    return f"{position >> 32:X}/{position & 0xFFFFFFFF:X}"
+
+
+def parse_lsn(value: str) -> int:
+    high, _, low = value.partition("/")
+    return (int(high, 16) << 32) | int(low, 16)
+
+
+# -- what the current request (or job) has done and needs -----------------------------
+
+
+@dataclass
+class ReadContext:
+    required: int | None = None  # replicas must have replayed this to serve our reads
+    written: int | None = None  # the primary's position after our last write
+    wrote: bool = False
+    # set by whoever knows the user (the web layer): keeps ``written`` for their next reads
+    remember: Callable[[int], Awaitable[None]] | None = None
+
+    def require(self, position: int | None) -> None:
+        if position is not None and (self.required is None or position > self.required):
+            self.required = position
+
+    def wrote_at(self, position: int | None) -> None:
+        self.wrote = True
+        if position is not None and (self.written is None or position > self.written):
+            self.written = position
+
+
+_context: ContextVar[ReadContext | None] = ContextVar("picscale_read_context", default=None)
+
+
+@contextmanager
+def read_context(required: int | None = None) -> Iterator[ReadContext]:
+    """One request's or job's reads: what it must see, and what it wrote."""
+    ctx = ReadContext()
+    ctx.require(required)
+    token = _context.set(ctx)
+    try:
+        yield ctx
+    finally:
+        _context.reset(token)
+
+
+def current_context() -> ReadContext | None:
+    return _context.get()
+
+
+_primary_only: ContextVar[bool] = ContextVar("picscale_primary_reads", default=False)
+
+
+@contextmanager
+def primary_reads() -> Iterator[None]:
+    """Reads inside go to the primary. For values that fill a cache: a replica's older
+    copy, cached after the write's invalidation was applied, would stay stale for a TTL."""
+    token = _primary_only.set(True)
+    try:
+        yield
+    finally:
+        _primary_only.reset(token)
+
+
+def reads_on_primary() -> bool:
+    return _primary_only.get()
+
+
+# -- the replicas ------------------------------------------------------------------------
+
+
+@dataclass
+class Replica:
+    name: str
+    engine: AsyncEngine
+    healthy: bool = True
+    position: int = 0
+    lag_seconds: float = 0.0
+    checked_at: float = -1.0
+    failed_at: float = -1.0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class ReplicaSet:
+    def __init__(
+        self,
+        replicas: list[Replica],
+        primary: AsyncEngine,
+        *,
+        max_lag_seconds: float,
+        max_lag_bytes: int,
+        observe: Callable[[str, str], None] | None = None,
+        observe_lag: Callable[[str, float, float], None] | None = None,
+    ) -> None:
+        self.replicas = replicas
+        self._primary = primary
+        self._max_lag_seconds = max_lag_seconds
+        self._max_lag_bytes = max_lag_bytes
+        self._primary_position = 0
+        self._primary_checked_at = -1.0
+        self._primary_lock = asyncio.Lock()
+        self._observe = observe or (lambda _event, _name: None)
+        self._observe_lag = observe_lag or (lambda _name, _s, _b: None)
+
+    async def _primary_now(self) -> int:
+        if time.monotonic() - self._primary_checked_at < POSITION_TTL_SECONDS:
+            return self._primary_position
+        async with self._primary_lock:
+            if time.monotonic() - self._primary_checked_at >= POSITION_TTL_SECONDS:
+                try:
+                    async with self._primary.connect() as conn:
+                        conn.info["intent"] = "check"
+                        position = await asyncio.wait_for(
+                            conn.scalar(_PRIMARY_POSITION), CHECK_TIMEOUT_SECONDS * 5
+                        )
+                    self._primary_position = int(position or 0)
+                except (DBAPIError, OSError, TimeoutError):
+                    pass  # lag in bytes is judged on the last known position
+                self._primary_checked_at = time.monotonic()
+        return self._primary_position
+
+    async def _check(self, replica: Replica, primary_position: int) -> None:
+        now = time.monotonic()
+        if now - replica.checked_at < POSITION_TTL_SECONDS:
+            return
+        if not replica.healthy and now - replica.failed_at < RECHECK_FAILED_SECONDS:
+            return
+        async with replica.lock:
+            if time.monotonic() - replica.checked_at < POSITION_TTL_SECONDS:
+                return
+            try:
+                async with asyncio.timeout(CHECK_TIMEOUT_SECONDS):
+                    async with replica.engine.connect() as conn:
+                        conn.info["intent"] = "check"
+                        row = (await conn.execute(_REPLICA_STATE)).one()
+                in_recovery, position, lag = bool(row[0]), int(row[1] or 0), float(row[2] or 0)
+                if not in_recovery:
+                    raise RuntimeError("not a replica (promoted?)")
+                was_healthy = replica.healthy
+                replica.position, replica.lag_seconds = position, lag
+                replica.healthy = True
+                if not was_healthy:
+                    log.info("replica_back", replica=replica.name)
+            except (DBAPIError, OSError, TimeoutError, RuntimeError) as exc:
+                self.mark_failed(replica, exc)
+            replica.checked_at = time.monotonic()
+            lag_bytes = max(0, primary_position - replica.position)
+            self._observe_lag(replica.name, replica.lag_seconds, float(lag_bytes))
+
+    def mark_failed(self, replica: Replica, exc: BaseException | None = None) -> None:
+        if replica.healthy:
+            log.warning("replica_out", replica=replica.name, error=repr(exc)[:200])
+        replica.healthy = False
+        replica.failed_at = time.monotonic()
+        replica.checked_at = replica.failed_at
+
+    def _usable(self, replica: Replica, primary_position: int) -> bool:
+        lag_bytes = primary_position - replica.position
+        return (
+            replica.healthy
+            and replica.lag_seconds <= self._max_lag_seconds
+            and lag_bytes <= self._max_lag_bytes
+        )
+
+    async def choose(self, required: int | None, exclude: set[str] | None = None) -> Replica | None:
+        """A replica that may serve this read, or None: read on the primary."""
+        primary_position = await self._primary_now()
+        await asyncio.gather(*(self._check(r, primary_position) for r in self.replicas))
+        usable = [
+            r
+            for r in self.replicas
+            if self._usable(r, primary_position) and r.name not in (exclude or set())
+        ]
+        if required is not None:
+            caught_up = [r for r in usable if r.position >= required]
+            if usable and not caught_up:
+                self._observe("primary_for_lag", "primary")
+            usable = caught_up
+        return random.choice(usable) if usable else None
+
+    async def all_caught_up(self, position: int) -> bool:
+        primary_position = await self._primary_now()
+        await asyncio.gather(*(self._check(r, primary_position) for r in self.replicas))
+        return all(r.position >= position for r in self.replicas if r.healthy)
+
+    async def dispose(self) -> None:
+        for replica in self.replicas:
+            await replica.engine.dispose()
+
+
+def is_retryable_read_error(exc: BaseException) -> bool:
+    """A read that may succeed elsewhere: the node went away, or recovery cancelled it."""
+    if isinstance(exc, OSError | ConnectionError | TimeoutError):
+        return True
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        code = None
+        for err in (exc.orig, getattr(exc.orig, "__cause__", None)):
+            code = code or getattr(err, "sqlstate", None) or getattr(err, "pgcode", None)
+        # 40001: canceling statement due to conflict with recovery; 57P0x: shutting down;
+        # 08xxx: connection exceptions
+        return isinstance(code, str) and (code == "40001" or code.startswith(("57P", "08")))
+    return False
+
+
+def node_name(engine: AsyncEngine) -> str:
+    return f"{engine.url.host}:{engine.url.port}"
