@@ -151,7 +151,8 @@ class Users:
     async def authenticate(self, username: str, password: str, address: str) -> UserRecord:
         name = normalise_username(username)
         await self._throttle.check(name, address)
-        async with self._db.read() as conn:
+        # on the primary: a log-in right after sign-up must find the new account
+        async with self._db.read_primary() as conn:
             row = (await conn.execute(select(users).where(users.c.username == name))).first()
         ok = await asyncio.to_thread(
             self._verify, row.password_hash if row is not None else None, password[:PASSWORD_MAX]

@@ -26,6 +26,7 @@ from picscale.observability.metrics import Metrics
 from picscale.services import Services, build_services
 from picscale.settings import Settings, load_settings
 from picscale.web.api import build_api
+from picscale.web.auth import resolve_user
 from picscale.web.errors import handle_exception
 from picscale.web.middleware import RequestContext
 from picscale.web.pages import build_pages
@@ -75,6 +76,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
             ),
         ],
         lifespan=[lifespan],
+        before_request=resolve_user,
         middleware=[DefineMiddleware(RequestContext, services=current_services)],
         exception_handlers={
             HTTPException: handle_exception,

@@ -94,6 +94,13 @@ async def bind_reads(services: Services, session: Session, *, fresh: bool = Fals
         services.metrics.replica_event("sticky", "")
 
 
+async def resolve_user(request: Request[Any, Any, Any]) -> None:
+    """Before every request that carries a credential: know the user even on public
+    pages, so that their reads see their own writes."""
+    if session_token(request):
+        await optional_user(request)
+
+
 async def current_user(request: Request[Any, Any, Any]) -> UserRecord:
     user = await optional_user(request)
     if user is None:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, cast
 import structlog
 from litestar.enums import ScopeType
 
-from picscale.tiers.db import read_context
+from picscale.tiers.db import current_context, read_context
 
 if TYPE_CHECKING:
     from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Send
@@ -77,6 +77,11 @@ class RequestContext:
         async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
+                reads = current_context()
+                if reads is not None and reads.written is not None and reads.remember:
+                    # before the client hears back: its next request must find this
+                    # write's position, so that its reads wait for a replica that has it
+                    await reads.remember(reads.written)
                 status = message["status"]
                 headers = list(message.get("headers", ()))
                 headers.append((REQUEST_ID_HEADER, request_id.encode()))
@@ -87,11 +92,8 @@ class RequestContext:
             # see the writes other processes made since this process last looked
             services = self.services()
             await services.cache.sync()
-            with read_context() as reads:
+            with read_context():
                 await self.app(scope, receive_tracked, send_with_id)
-                if reads.written is not None and reads.remember is not None:
-                    # this user's next reads need a replica that has replayed this write
-                    await reads.remember(reads.written)
             if not body_read and status >= 400:
                 # refused before its body was read (too large, not allowed): read the rest,
                 # so the client gets our answer rather than a connection reset mid-send

@@ -37,7 +37,8 @@ _REPLICA_STATE = text(
     "CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 "
     "ELSE COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 0) END"
 )
-_PRIMARY_POSITION = text("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")
+# the insert position: it includes our commit record even before it is flushed
+_PRIMARY_POSITION = text("SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn")
 
 
 def format_lsn(position: int) -> str:
@@ -171,9 +172,10 @@ class ReplicaSet:
             if time.monotonic() - replica.checked_at < POSITION_TTL_SECONDS:
                 return
             try:
-                async with asyncio.timeout(CHECK_TIMEOUT_SECONDS):
-                    async with replica.engine.connect() as conn:
-                        conn.info["intent"] = "check"
+                # the query has 100 ms; opening a connection has the pool's own timeout
+                async with replica.engine.connect() as conn:
+                    conn.info["intent"] = "check"
+                    async with asyncio.timeout(CHECK_TIMEOUT_SECONDS):
                         row = (await conn.execute(_REPLICA_STATE)).one()
                 in_recovery, position, lag = bool(row[0]), int(row[1] or 0), float(row[2] or 0)
                 if not in_recovery:

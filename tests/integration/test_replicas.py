@@ -1,0 +1,161 @@
+"""Reads on a streaming replica, read-your-writes, lag and failure, on real PostgreSQL."""
+
+from __future__ import annotations
+
+import re
+import signal
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from test_api import new_user, upload
+
+from pg import PostgresServer, start_postgres
+from support import Server, image_bytes, start_server, wait_until
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[PostgresServer]:
+    primary = start_postgres()
+    primary.add_replica()
+    yield primary
+    primary.close()
+
+
+@pytest.fixture(scope="module")
+def split_server(
+    cluster: PostgresServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    srv = start_server(
+        tmp_path_factory.mktemp("split"),
+        job_workers=1,
+        database_url=cluster.url,
+        database_replica_urls=cluster.replicas[0].url,
+    )
+    yield srv
+    srv.close()
+
+
+def reads_by_role(server: Server) -> dict[str, float]:
+    metrics = httpx.get(server.url + "/metrics").text
+    totals = {"primary": 0.0, "replica": 0.0}
+    for line in metrics.splitlines():
+        if line.startswith("picscale_db_queries_total{") and 'intent="read"' in line:
+            role = re.search(r'role="(\w+)"', line)
+            assert role is not None
+            totals[role.group(1)] += float(line.rsplit(" ", 1)[1])
+    return totals
+
+
+def wait_replayed(cluster: PostgresServer) -> None:
+    """Until every replica has replayed all the primary has written so far."""
+    position = cluster.sql("SELECT pg_current_wal_insert_lsn()")
+    for replica in cluster.replicas:
+        wait_until(
+            lambda r=replica: r.sql(f"SELECT pg_last_wal_replay_lsn() >= '{position}'") == "t",
+            what=f"replay up to {position}",
+        )
+
+
+def photo_ids(client: httpx.Client, username: str) -> list[str]:
+    # a page size that is not cached: the query runs on every request
+    r = client.get(f"/api/v1/users/{username}/photos", params={"limit": 5})
+    assert r.status_code == 200, r.text
+    return [p["id"] for p in r.json()["items"]]
+
+
+def test_reads_go_to_the_replica(split_server: Server) -> None:
+    client, user = new_user(split_server)
+    upload(client, image_bytes(64, 64))
+    reader, _ = new_user(split_server)
+    wait_until(lambda: len(photo_ids(reader, user["username"])) == 1, what="replication")
+    before = reads_by_role(split_server)
+    for _ in range(10):
+        assert len(photo_ids(reader, user["username"])) == 1
+    after = reads_by_role(split_server)
+    # the listing's queries ran on the replica (sessions and the cache's invalidation
+    # log are read on the primary by design)
+    assert after["replica"] - before["replica"] >= 10
+
+
+def test_read_your_writes_while_the_replica_is_paused(
+    split_server: Server, cluster: PostgresServer
+) -> None:
+    replica = cluster.replicas[0]
+    alice, a = new_user(split_server, "alice")
+    bob, _ = new_user(split_server, "bob")
+    wait_replayed(cluster)  # nobody is bound to the primary by a recent write
+    replica.sql("SELECT pg_wal_replay_pause()")
+    try:
+        photo = upload(alice, image_bytes(64, 64))
+        # alice sees her own write (served by the primary) ...
+        assert photo_ids(alice, a["username"]) == [photo["id"]]
+        assert photo_ids(alice, a["username"]) == [photo["id"]]
+        # ... while bob still reads the paused replica, which has not replayed it
+        assert photo_ids(bob, a["username"]) == []
+    finally:
+        replica.sql("SELECT pg_wal_replay_resume()")
+    wait_until(lambda: photo_ids(bob, a["username"]) == [photo["id"]], what="replay")
+    # once the replica has caught up, alice's reads go back to it
+    before = reads_by_role(split_server)
+    for _ in range(5):
+        assert photo_ids(alice, a["username"]) == [photo["id"]]
+    after = reads_by_role(split_server)
+    assert after["replica"] - before["replica"] >= 5
+
+
+def test_a_lagging_replica_is_skipped(
+    cluster: PostgresServer, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    replica = cluster.replicas[0]
+    with_limit = start_server(
+        tmp_path_factory.mktemp("lag"),
+        job_workers=0,
+        database_url=cluster.url,
+        database_replica_urls=replica.url,
+        replica_max_lag_bytes=1,  # any unreplayed byte is too much
+    )
+    try:
+        writer, w = new_user(with_limit)
+        reader, _ = new_user(with_limit)
+        wait_replayed(cluster)
+        replica.sql("SELECT pg_wal_replay_pause()")
+        try:
+            photo = upload(writer, image_bytes(64, 64))
+            # the replica is behind the limit: another user's read is served by the primary
+            wait_until(
+                lambda: photo_ids(reader, w["username"]) == [photo["id"]],
+                what="the lagging replica to be left out",
+            )
+        finally:
+            replica.sql("SELECT pg_wal_replay_resume()")
+    finally:
+        with_limit.close()
+
+
+def test_a_stopped_replica_costs_no_failed_request(
+    split_server: Server, cluster: PostgresServer
+) -> None:
+    replica = cluster.replicas[0]
+    client, user = new_user(split_server)
+    upload(client, image_bytes(64, 64))
+    reader, _ = new_user(split_server)
+    wait_until(lambda: len(photo_ids(reader, user["username"])) == 1, what="replication")
+    replica.stop(signal.SIGKILL)  # the only replica dies: reads fall back to the primary
+    try:
+        before = reads_by_role(split_server)
+        for _ in range(20):
+            assert len(photo_ids(reader, user["username"])) == 1
+        assert reader.get("/api/v1/feed").status_code == 200
+        after = reads_by_role(split_server)
+        assert after["primary"] - before["primary"] >= 20
+    finally:
+        replica.start()
+    # the replica comes back and is used again
+
+    def replica_used_again() -> bool:
+        before = reads_by_role(split_server)["replica"]
+        photo_ids(reader, user["username"])
+        return reads_by_role(split_server)["replica"] > before
+
+    wait_until(replica_used_again, timeout=30, what="the replica to be used again")
