@@ -127,7 +127,7 @@ class LocalCache:
             if epoch == self._seen_epoch:
                 return
             self._seen_epoch = epoch  # read before replaying: a later bump is seen next time
-        async with self._db.read_primary() as conn:  # the log must miss nothing
+        async with self._db.read_primary("cache") as conn:  # the log must miss nothing
             if self._cursor is None:
                 self._cursor = (await conn.scalar(select(func.max(cache_invalidations.c.seq)))) or 0
                 self._clear()

@@ -54,8 +54,11 @@ class ReadConnection:
     """A connection for reads. On a replica, a statement that fails because the node went
     away (or recovery cancelled it) runs again on another replica or the primary."""
 
-    def __init__(self, db: Database, stack: AsyncExitStack, replica: Replica | None) -> None:
+    def __init__(
+        self, db: Database, stack: AsyncExitStack, replica: Replica | None, intent: str = "read"
+    ) -> None:
         self._db = db
+        self._intent = intent
         self._stack = stack
         self.replica = replica
         self._conn: AsyncConnection | None = None
@@ -65,7 +68,7 @@ class ReadConnection:
         if self._conn is None:
             engine = self.replica.engine if self.replica else self._db.reader_for_primary
             conn = await self._stack.enter_async_context(engine.connect())
-            conn.info["intent"] = "read"
+            conn.info["intent"] = self._intent
             conn.info["role"] = "replica" if self.replica else "primary"
             self._conn = conn
         return self._conn
@@ -133,10 +136,12 @@ class Database:
             yield ReadConnection(self, stack, replica)
 
     @asynccontextmanager
-    async def read_primary(self) -> AsyncIterator[ReadConnection]:
-        """Reads that must see every commit (sessions, log-in throttling): the primary."""
+    async def read_primary(self, intent: str = "read") -> AsyncIterator[ReadConnection]:
+        """Reads that must see every commit (sessions, log-in checks): on the primary.
+        ``intent`` names tier plumbing ("session", "cache", "auth") apart from domain reads
+        in the query metrics."""
         async with AsyncExitStack() as stack:
-            yield ReadConnection(self, stack, None)
+            yield ReadConnection(self, stack, None, intent)
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[WriteTx]:
