@@ -98,6 +98,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--users", type=int, default=8)
     parser.add_argument("--requests", type=int, default=150, help="per user")
+    parser.add_argument("--verbose", action="store_true", help="print the query metrics")
     args = parser.parse_args()
 
     log("starting PostgreSQL primary and replica…")
@@ -134,6 +135,10 @@ def main() -> None:
                     user.join()
                 elapsed = time.perf_counter() - start
                 after = reads_by_role(base)
+                if args.verbose:
+                    for line in httpx.get(base + "/metrics").text.splitlines():
+                        if line.startswith(("picscale_db_queries", "picscale_db_replica_events")):
+                            print(line, file=sys.stderr)
                 server.check_alive()
             finally:
                 server.stop()

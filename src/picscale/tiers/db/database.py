@@ -130,8 +130,18 @@ class Database:
         """
         replica = None
         context = current_context()
-        if self.replicas is not None and not (context and context.wrote) and not reads_on_primary():
-            replica = await self.replicas.choose(context.required if context else None)
+        if self.replicas is not None and not (context and context.wrote):
+            required = context.required if context else None
+            if reads_on_primary():
+                # a value for the cache: only a replica with every commit up to now will do
+                # (the write behind the invalidation we saw is among them)
+                try:
+                    required = await self.replicas.primary_position(fresh=True)
+                except Exception:
+                    required = None
+                    log.warning("primary_position_failed", exc_info=True)
+            if required is not None or not reads_on_primary():
+                replica = await self.replicas.choose(required)
         async with AsyncExitStack() as stack:
             yield ReadConnection(self, stack, replica)
 

@@ -30,6 +30,9 @@ log = structlog.get_logger(__name__)
 
 CHECK_TIMEOUT_SECONDS = 0.1
 POSITION_TTL_SECONDS = 0.1
+# a read bound to a position the cached state says is not replayed yet looks again: a
+# replica is usually a millisecond behind, and a check costs far less than the read
+FORCED_RECHECK_SECONDS = 0.002
 RECHECK_FAILED_SECONDS = 1.0
 
 _REPLICA_STATE = text(
@@ -96,8 +99,10 @@ _primary_only: ContextVar[bool] = ContextVar("picscale_primary_reads", default=F
 
 @contextmanager
 def primary_reads() -> Iterator[None]:
-    """Reads inside go to the primary. For values that fill a cache: a replica's older
-    copy, cached after the write's invalidation was applied, would stay stale for a TTL."""
+    """Reads inside must see every commit so far: for values that fill a cache (a
+    replica's older copy, cached after the write's invalidation was applied, would stay
+    stale for a TTL). They go to a replica that has replayed the primary's position as of
+    now, else to the primary."""
     token = _primary_only.set(True)
     try:
         yield
@@ -145,11 +150,12 @@ class ReplicaSet:
         self._observe = observe or (lambda _event, _name: None)
         self._observe_lag = observe_lag or (lambda _name, _s, _b: None)
 
-    async def _primary_now(self) -> int:
-        if time.monotonic() - self._primary_checked_at < POSITION_TTL_SECONDS:
+    async def primary_position(self, *, fresh: bool = False) -> int:
+        """Where the primary's WAL is: cached for 100 ms, or asked now (``fresh``)."""
+        if not fresh and time.monotonic() - self._primary_checked_at < POSITION_TTL_SECONDS:
             return self._primary_position
         async with self._primary_lock:
-            if time.monotonic() - self._primary_checked_at >= POSITION_TTL_SECONDS:
+            if fresh or time.monotonic() - self._primary_checked_at >= POSITION_TTL_SECONDS:
                 try:
                     async with self._primary.connect() as conn:
                         conn.info["intent"] = "check"
@@ -158,18 +164,21 @@ class ReplicaSet:
                         )
                     self._primary_position = int(position or 0)
                 except (DBAPIError, OSError, TimeoutError):
-                    pass  # lag in bytes is judged on the last known position
+                    if fresh:
+                        raise
+                    # lag in bytes is judged on the last known position
                 self._primary_checked_at = time.monotonic()
         return self._primary_position
 
-    async def _check(self, replica: Replica, primary_position: int) -> None:
+    async def _check(self, replica: Replica, primary_position: int, force: bool = False) -> None:
         now = time.monotonic()
-        if now - replica.checked_at < POSITION_TTL_SECONDS:
+        if now - replica.checked_at < (FORCED_RECHECK_SECONDS if force else POSITION_TTL_SECONDS):
             return
         if not replica.healthy and now - replica.failed_at < RECHECK_FAILED_SECONDS:
             return
         async with replica.lock:
-            if time.monotonic() - replica.checked_at < POSITION_TTL_SECONDS:
+            ttl = FORCED_RECHECK_SECONDS if force else POSITION_TTL_SECONDS
+            if time.monotonic() - replica.checked_at < ttl:
                 return
             try:
                 # the query has 100 ms; opening a connection has the pool's own timeout
@@ -208,7 +217,7 @@ class ReplicaSet:
 
     async def choose(self, required: int | None, exclude: set[str] | None = None) -> Replica | None:
         """A replica that may serve this read, or None: read on the primary."""
-        primary_position = await self._primary_now()
+        primary_position = await self.primary_position()
         await asyncio.gather(*(self._check(r, primary_position) for r in self.replicas))
         usable = [
             r
@@ -218,13 +227,19 @@ class ReplicaSet:
         if required is not None:
             caught_up = [r for r in usable if r.position >= required]
             if usable and not caught_up:
+                behind = [r for r in usable if r.position < required]
+                await asyncio.gather(*(self._check(r, primary_position, True) for r in behind))
+                caught_up = [r for r in usable if r.healthy and r.position >= required]
+            if usable and not caught_up:
                 self._observe("primary_for_lag", "primary")
             usable = caught_up
         return random.choice(usable) if usable else None
 
     async def all_caught_up(self, position: int) -> bool:
-        primary_position = await self._primary_now()
+        primary_position = await self.primary_position()
         await asyncio.gather(*(self._check(r, primary_position) for r in self.replicas))
+        behind = [r for r in self.replicas if r.healthy and r.position < position]
+        await asyncio.gather(*(self._check(r, primary_position, True) for r in behind))
         return all(r.position >= position for r in self.replicas if r.healthy)
 
     async def dispose(self) -> None:
