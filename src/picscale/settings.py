@@ -74,6 +74,7 @@ class Settings:
     db_pool_size: int = 10
     db_pool_timeout_seconds: float = 10.0
     db_statement_timeout_seconds: float = 10.0
+    db_failover_wait_seconds: float = 20.0  # writes wait this long for a new primary
 
     # replicas: left out when further behind than this; a user's reads stay on caught-up
     # nodes for this long after the user wrote

@@ -14,6 +14,8 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.response import Template
 
 from picscale.domain.errors import DomainError, TooManyRequests
+from picscale.tiers.db import DatabaseUnavailable
+from picscale.tiers.db.replicas import is_retryable_read_error
 
 log = structlog.get_logger(__name__)
 
@@ -81,6 +83,11 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
         status, detail = exc.status, exc.message
         if isinstance(exc, TooManyRequests):
             headers = {"Retry-After": str(exc.retry_after)}
+    elif isinstance(exc, DatabaseUnavailable) or is_retryable_read_error(exc):
+        log.warning("database_unavailable", error=repr(exc)[:300])
+        status = 503
+        detail = "the database is unavailable for a moment (a failover?): try again shortly"
+        headers = {"Retry-After": "2"}
     elif isinstance(exc, ValidationException):
         # the body could not be decoded into the expected shape: a client error to fix
         status, detail = 422, _validation_detail(exc)

@@ -6,6 +6,7 @@ primary, in one transaction, and runs its after-commit actions only once it comm
 
 from picscale.tiers.db.database import (
     Database,
+    DatabaseUnavailable,
     ReadConnection,
     WriteTx,
     create_database,
@@ -22,6 +23,7 @@ from picscale.tiers.db.replicas import (
 
 __all__ = [
     "Database",
+    "DatabaseUnavailable",
     "ReadConnection",
     "ReadContext",
     "WriteTx",

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, Protocol
@@ -10,7 +13,7 @@ from typing import Any, Protocol
 import structlog
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from picscale.settings import Settings, SettingsError
@@ -104,6 +107,21 @@ class ReadConnection:
         return await self._run("scalars", statement, *args, **kwargs)
 
 
+class DatabaseUnavailable(Exception):
+    """The primary cannot be reached (a failover, say): the client should try again."""
+
+
+READ_ONLY_SQLSTATE = "25006"  # read_only_sql_transaction: we are talking to a replica
+
+
+def _sqlstate(exc: DBAPIError) -> str | None:
+    for err in (exc.orig, getattr(exc.orig, "__cause__", None)):
+        code = getattr(err, "sqlstate", None) or getattr(err, "pgcode", None)
+        if isinstance(code, str):
+            return code
+    return None
+
+
 class Database:
     def __init__(
         self,
@@ -111,7 +129,9 @@ class Database:
         reader: AsyncEngine,
         dialect: str,
         replicas: ReplicaSet | None = None,
+        failover_wait: float = 0.0,
     ) -> None:
+        self._failover_wait = failover_wait
         self._primary = primary
         self._reader = reader
         self.dialect = dialect
@@ -155,12 +175,28 @@ class Database:
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[WriteTx]:
-        """A transaction on the primary; after-commit actions run once it committed."""
-        async with self._primary.connect() as conn:
+        """A transaction on the primary; after-commit actions run once it committed.
+
+        While there is no primary (a failover), opening the transaction is retried with
+        backoff for up to ``db_failover_wait_seconds``; a transaction that fails because
+        the primary went away raises DatabaseUnavailable: it was not committed, or its
+        commit could not be confirmed, and is never reported as a success.
+        """
+        conn = await self._writable_connection()
+        try:
             conn.info["intent"] = "write"
             tx = WriteTx(conn)
-            async with conn.begin():
-                yield tx
+            try:
+                async with conn.begin():
+                    yield tx
+            except DBAPIError as exc:
+                if _sqlstate(exc) == READ_ONLY_SQLSTATE:
+                    # our pooled connections lead to a demoted primary: reconnect afresh
+                    await self._primary.dispose()
+                    raise DatabaseUnavailable("the database primary changed") from exc
+                if is_retryable_read_error(exc):
+                    raise DatabaseUnavailable("the database primary went away") from exc
+                raise
             context = current_context()
             if context is not None:
                 position = None
@@ -169,6 +205,8 @@ class Database:
                     # that has replayed at least this far
                     position = int(await conn.scalar(_PRIMARY_POSITION) or 0)
                 context.wrote_at(position)
+        finally:
+            await conn.close()
         for action in tx._after_commit:
             try:
                 await action()
@@ -176,6 +214,19 @@ class Database:
                 # the write is durable; a failed follow-up (a cache delete, say) is
                 # reported by the action's own tier, and must not turn success into error
                 log.exception("after_commit_failed", action=getattr(action, "__qualname__", ""))
+
+    async def _writable_connection(self) -> AsyncConnection:
+        deadline = time.monotonic() + self._failover_wait
+        delay = 0.05
+        while True:
+            try:
+                return await self._primary.connect()
+            except (DBAPIError, OSError) as exc:
+                if not is_retryable_read_error(exc) or time.monotonic() + delay > deadline:
+                    raise DatabaseUnavailable("no database primary answers") from exc
+                log.warning("primary_unavailable", retry_in=delay, error=repr(exc)[:200])
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
 
     async def ping(self) -> None:
         async with self._primary.connect() as conn:
@@ -196,9 +247,24 @@ def is_unique_violation(exc: BaseException) -> bool:
     return "unique" in message or "duplicate key" in message
 
 
+_MULTI_HOST = re.compile(r"^(?P<head>[\w+]+://(?:[^@/]*@)?)(?P<hosts>[^/?]*,[^/?]*)(?P<tail>/.*)?$")
+
+
+def _multi_host(url: str) -> str:
+    """``postgresql://u@h1:5432,h2:5432/db?…`` (libpq's form) as SQLAlchemy wants it:
+    ``postgresql://u@/db?host=h1:5432&host=h2:5432&…``."""
+    match = _MULTI_HOST.match(url)
+    if match is None:
+        return url
+    tail = match["tail"] or "/"
+    path, _, query = tail.partition("?")
+    hosts = "&".join(f"host={h.strip()}" for h in match["hosts"].split(",") if h.strip())
+    return f"{match['head']}{path}?{hosts}" + (f"&{query}" if query else "")
+
+
 def async_url(url: str) -> str:
     """Map the user-facing scheme to the async driver SQLAlchemy should use."""
-    parsed = make_url(url)
+    parsed = make_url(_multi_host(url))
     driver = {
         "sqlite": "sqlite+aiosqlite",
         "sqlite+aiosqlite": "sqlite+aiosqlite",
@@ -312,4 +378,6 @@ def create_database(settings: Settings, observe: DatabaseObserver | None = None)
                 observe.count_query(info.get("intent", "other"), info.get("role", _role), _host)
 
             event.listen(engine.sync_engine, "before_cursor_execute", _count)
-    return Database(primary, reader, dialect, replicas)
+    return Database(
+        primary, reader, dialect, replicas, failover_wait=settings.db_failover_wait_seconds
+    )

@@ -264,4 +264,8 @@ def is_retryable_read_error(exc: BaseException) -> bool:
 
 
 def node_name(engine: AsyncEngine) -> str:
-    return f"{engine.url.host}:{engine.url.port}"
+    url = engine.url
+    if url.host is None and "host" in url.query:  # several hosts: whichever is primary
+        hosts = url.query["host"]
+        return ",".join(hosts) if isinstance(hosts, tuple) else str(hosts)
+    return f"{url.host}:{url.port}"
