@@ -1,0 +1,91 @@
+"""Patroni failover under a write loop: writes resume, no acknowledged write is lost."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+from test_api import new_user
+
+from patroni_cluster import PatroniCluster, start_patroni_cluster
+from support import image_bytes, running_server, wait_until
+
+RETRY_PAUSE = 0.1  # a client backing off between failed writes
+
+
+@pytest.fixture(scope="module")
+def patroni() -> Iterator[PatroniCluster]:
+    cluster = start_patroni_cluster(size=2)
+    yield cluster
+    cluster.close()
+
+
+@dataclass
+class WriteLoop:
+    """A client uploading as fast as it can, keeping what the server acknowledged."""
+
+    client: httpx.Client
+    stop: threading.Event = field(default_factory=threading.Event)
+    acknowledged: list[tuple[float, str]] = field(default_factory=list)
+    failures: list[tuple[float, str]] = field(default_factory=list)
+
+    def run(self) -> None:
+        photo = image_bytes(32, 32)
+        i = 0
+        while not self.stop.is_set():
+            i += 1
+            try:
+                r = self.client.post(
+                    "/api/v1/photos",
+                    files={"file": ("w.jpg", photo, "image/jpeg")},
+                    data={"caption": f"write {i}"},
+                )
+            except httpx.HTTPError as exc:
+                self.failures.append((time.monotonic(), type(exc).__name__))
+                time.sleep(RETRY_PAUSE)
+                continue
+            if r.status_code == 201:
+                self.acknowledged.append((time.monotonic(), r.json()["id"]))
+            else:
+                assert r.status_code == 503, r.text  # unavailable, never a wrong answer
+                assert r.headers.get("retry-after")
+                self.failures.append((time.monotonic(), str(r.status_code)))
+                time.sleep(RETRY_PAUSE)
+
+
+def test_failover_loses_no_acknowledged_write(patroni: PatroniCluster, tmp_path: Path) -> None:
+    with running_server(tmp_path, job_workers=0, database_url=patroni.url) as server:
+        client, _ = new_user(server)
+        loop = WriteLoop(client)
+        writer = threading.Thread(target=loop.run)
+        writer.start()
+        try:
+            wait_until(lambda: len(loop.acknowledged) >= 10, what="writes before the kill")
+            old = patroni.wait_leader()
+            killed_at = time.monotonic()
+            old.kill()
+            # writes resume on the new primary
+            wait_until(
+                lambda: sum(t > killed_at for t, _ in loop.acknowledged) >= 10,
+                timeout=90,
+                interval=0.2,
+                what="writes after the failover",
+            )
+        finally:
+            loop.stop.set()
+            writer.join(timeout=60)
+        new = patroni.wait_leader()
+        assert new is not old
+        # every acknowledged write is there
+        reader = server.client()
+        for _, photo_id in loop.acknowledged:
+            assert reader.get(f"/api/v1/photos/{photo_id}").status_code == 200, photo_id
+        # the old primary comes back as a replica of the new one (pg_rewind)
+        old.start()
+        patroni.wait_streaming(old)
+        assert patroni.leader() is new
