@@ -45,6 +45,18 @@ DCS = {
 }
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie counts as dead: it no longer serves anything
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
 @dataclass
 class Etcd:
     root: Path
@@ -131,12 +143,10 @@ class PatroniNode:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
         if postmaster is not None:
-            try:
-                os.killpg(postmaster, signal.SIGKILL)  # postgres leads its own group
-            except ProcessLookupError:
-                pass
-            except PermissionError:
+            # its backends notice the postmaster's death and exit on their own
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(postmaster, signal.SIGKILL)
+            wait_until(lambda: not _alive(postmaster), timeout=30, what="the postmaster to die")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
