@@ -30,6 +30,7 @@ class Settings:
     # tiers: each chosen by the scheme of one URL; empty means the embedded default
     database_url: str = ""  # sqlite:///path | postgresql://...
     database_replica_urls: str = ""  # comma-separated postgresql:// URLs of replicas
+    database_patroni_url: str = ""  # Patroni REST API(s): replicas discovered from it
     cache_url: str = "memory://"  # memory:// | none://
     session_url: str = "database://"  # sessions table in the database
     queue_url: str = "lease://"  # lease table in the database

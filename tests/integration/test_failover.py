@@ -58,6 +58,34 @@ class WriteLoop:
                 time.sleep(RETRY_PAUSE)
 
 
+def test_replicas_are_discovered_from_patroni(patroni: PatroniCluster, tmp_path: Path) -> None:
+    leader = patroni.wait_leader()
+    replica = next(n for n in patroni.nodes if n is not leader)
+    apis = ",".join(n.api for n in patroni.nodes)
+    with running_server(
+        tmp_path, job_workers=0, database_url=patroni.url, database_patroni_url=apis
+    ) as server:
+        client, user = new_user(server)
+        gallery = f"/api/v1/users/{user['username']}/photos"
+
+        def replica_reads() -> float:
+            metrics = server.client().get("/metrics").text
+            needle = f'host="127.0.0.1:{replica.pg_port}",intent="read",role="replica"'
+            return sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in metrics.splitlines()
+                if line.startswith("picscale_db_queries_total{") and needle in line
+            )
+
+        def served_by_replica() -> bool:
+            before = replica_reads()
+            assert client.get(gallery, params={"limit": 5}).status_code == 200
+            return replica_reads() > before
+
+        # the Patroni member list names the replica; reads go there
+        wait_until(served_by_replica, timeout=30, what="reads on the discovered replica")
+
+
 def test_failover_loses_no_acknowledged_write(patroni: PatroniCluster, tmp_path: Path) -> None:
     with running_server(tmp_path, job_workers=0, database_url=patroni.url) as server:
         client, _ = new_user(server)

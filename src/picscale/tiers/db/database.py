@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import structlog
 from sqlalchemy import event, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -310,7 +310,7 @@ def _sqlite_engine(url: str, settings: Settings, *, immediate: bool) -> AsyncEng
     return engine
 
 
-def _postgres_engine(url: str, settings: Settings) -> AsyncEngine:
+def _postgres_engine(url: str | URL, settings: Settings) -> AsyncEngine:
     timeout_ms = int(settings.db_statement_timeout_seconds * 1000)
     return create_async_engine(
         url,
@@ -342,10 +342,54 @@ def create_engines(settings: Settings) -> tuple[AsyncEngine, AsyncEngine, str]:
     return engine, engine, "postgresql"
 
 
+def _observed(
+    engine: AsyncEngine, role: str, dialect: str, observe: DatabaseObserver | None
+) -> AsyncEngine:
+    """Count the engine's statements by intent, role and host."""
+    if observe is None:
+        return engine
+    host = node_name(engine) if dialect == "postgresql" else "sqlite"
+
+    def _count(conn: Any, *_args: Any, **_kw: Any) -> None:
+        info = conn.info
+        observe.count_query(info.get("intent", "other"), info.get("role", role), host)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", _count)
+    return engine
+
+
 def create_database(settings: Settings, observe: DatabaseObserver | None = None) -> Database:
     primary, reader, dialect = create_engines(settings)
     replicas = None
-    if settings.database_replica_urls:
+    if settings.database_patroni_url:
+        if dialect != "postgresql":
+            raise SettingsError(
+                "PICSCALE_DATABASE_PATRONI_URL needs PICSCALE_DATABASE_URL=postgresql://..."
+            )
+        from picscale.tiers.db.patroni import PatroniDiscovery
+
+        template = make_url(async_url(settings.resolved_database_url))
+        template = template.set(
+            query={
+                k: v for k, v in template.query.items() if k not in ("host", "target_session_attrs")
+            }
+        )
+        replicas = ReplicaSet(
+            [],
+            primary,
+            max_lag_seconds=settings.replica_max_lag_seconds,
+            max_lag_bytes=settings.replica_max_lag_bytes,
+            observe=observe.replica_event if observe else None,
+            observe_lag=observe.replica_lag if observe else None,
+        )
+        discovery = PatroniDiscovery(
+            [u.strip() for u in settings.database_patroni_url.split(",") if u.strip()],
+            replicas,
+            template,
+            lambda url: _observed(_postgres_engine(url, settings), "replica", dialect, observe),
+        )
+        replicas.refresh = discovery.refresh_if_due
+    elif settings.database_replica_urls:
         if dialect != "postgresql":
             raise SettingsError(
                 "PICSCALE_DATABASE_REPLICA_URLS needs PICSCALE_DATABASE_URL=postgresql://..."
@@ -365,19 +409,10 @@ def create_database(settings: Settings, observe: DatabaseObserver | None = None)
             observe=observe.replica_event if observe else None,
             observe_lag=observe.replica_lag if observe else None,
         )
-    if observe is not None:
-        engines = {primary, reader, *(r.engine for r in (replicas.replicas if replicas else []))}
-        for engine in engines:
-            host = node_name(engine) if dialect == "postgresql" else "sqlite"
-            default_role = "primary" if engine in (primary, reader) else "replica"
-
-            def _count(
-                conn: Any, *_args: Any, _host: str = host, _role: str = default_role, **_kw: Any
-            ) -> None:
-                info = conn.info
-                observe.count_query(info.get("intent", "other"), info.get("role", _role), _host)
-
-            event.listen(engine.sync_engine, "before_cursor_execute", _count)
+    for engine in {primary, reader}:
+        _observed(engine, "primary", dialect, observe)
+    for replica in replicas.replicas if replicas else []:
+        _observed(replica.engine, "replica", dialect, observe)
     return Database(
         primary, reader, dialect, replicas, failover_wait=settings.db_failover_wait_seconds
     )

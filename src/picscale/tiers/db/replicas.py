@@ -149,6 +149,8 @@ class ReplicaSet:
         self._primary_lock = asyncio.Lock()
         self._observe = observe or (lambda _event, _name: None)
         self._observe_lag = observe_lag or (lambda _name, _s, _b: None)
+        # set when replicas are discovered (Patroni): called before each routing decision
+        self.refresh: Callable[[], Awaitable[None]] | None = None
 
     async def primary_position(self, *, fresh: bool = False) -> int:
         """Where the primary's WAL is: cached for 100 ms, or asked now (``fresh``)."""
@@ -217,6 +219,8 @@ class ReplicaSet:
 
     async def choose(self, required: int | None, exclude: set[str] | None = None) -> Replica | None:
         """A replica that may serve this read, or None: read on the primary."""
+        if self.refresh is not None:
+            await self.refresh()
         primary_position = await self.primary_position()
         await asyncio.gather(*(self._check(r, primary_position) for r in self.replicas))
         usable = [
