@@ -46,7 +46,8 @@ class Writer(threading.Thread):
         super().__init__()
         self.client = client
         self.stop = threading.Event()
-        self.acked: list[tuple[float, str]] = []
+        # (when the request was sent, when it was acknowledged, the photo id)
+        self.acked: list[tuple[float, float, str]] = []
         self.failed = 0
 
     def run(self) -> None:
