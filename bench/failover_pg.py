@@ -53,12 +53,13 @@ class Writer(threading.Thread):
     def run(self) -> None:
         data = tiny_jpeg()
         while not self.stop.is_set():
+            sent = time.monotonic()
             try:
                 r = self.client.post(
                     "/api/v1/photos", files={"file": ("w.jpg", data, "image/jpeg")}
                 )
                 if r.status_code == 201:
-                    self.acked.append((time.monotonic(), r.json()["id"]))
+                    self.acked.append((sent, time.monotonic(), r.json()["id"]))
                     continue
             except httpx.HTTPError:
                 pass
@@ -83,21 +84,22 @@ def one_round(number: int) -> tuple[float, float, int, int, int]:
                 leader = cluster.wait_leader()
                 log(f"round {number}: SIGKILL of {leader.name}'s Patroni and postmaster…")
                 killed = time.monotonic()
-                last_before = writer.acked[-1][0]
+                last_before = writer.acked[-1][1]
                 leader.kill()
                 wait_until(
-                    lambda: sum(t > killed for t, _ in writer.acked) >= 20,
+                    lambda: sum(sent > killed for sent, _, _ in writer.acked) >= 20,
                     timeout=120,
                     interval=0.1,
                     what="writes after the failover",
                 )
                 writer.stop.set()
                 writer.join()
-                first_after = min(t for t, _ in writer.acked if t > killed)
+                # a request sent after the kill: one in flight may have committed before it
+                first_after = min(done for sent, done, _ in writer.acked if sent > killed)
                 reader = httpx.Client(base_url=base, timeout=60.0, headers=client.headers)
                 lost = sum(
                     reader.get(f"/api/v1/photos/{photo_id}").status_code != 200
-                    for _, photo_id in writer.acked
+                    for _, _, photo_id in writer.acked
                 )
                 reader.close()
                 client.close()
