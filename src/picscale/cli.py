@@ -76,12 +76,23 @@ def serve(
     sys.exit(Supervisor(settings).run())
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class Supervisor:
     """Starts granian and the job workers, restarts workers that die, stops all on signal."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.metrics_dir = settings.data_dir.resolve() / "run" / "metrics"
+        # one directory per serve process: several may share a data directory
+        self.metrics_dir = settings.data_dir.resolve() / "run" / "metrics" / str(os.getpid())
         self.stopping = False
         self.web: subprocess.Popen[bytes] | None = None
         self.workers: list[subprocess.Popen[bytes]] = []
@@ -115,7 +126,10 @@ class Supervisor:
         self.stopping = True
 
     def run(self) -> int:
-        # metrics of earlier runs would add up with this one's
+        # metrics of earlier runs would add up with this one's: drop those of the dead
+        for old in self.metrics_dir.parent.glob("*"):
+            if old.name.isdigit() and not _alive(int(old.name)):
+                shutil.rmtree(old, ignore_errors=True)
         shutil.rmtree(self.metrics_dir, ignore_errors=True)
         self.metrics_dir.mkdir(parents=True)
         signal.signal(signal.SIGTERM, self._stop)

@@ -31,8 +31,8 @@ class Settings:
     database_url: str = ""  # sqlite:///path | postgresql://...
     database_replica_urls: str = ""  # comma-separated postgresql:// URLs of replicas
     database_patroni_url: str = ""  # Patroni REST API(s): replicas discovered from it
-    cache_url: str = "memory://"  # memory:// | none://
-    session_url: str = "database://"  # sessions table in the database
+    cache_url: str = "memory://"  # memory:// | redis://host:port/db | none://
+    session_url: str = "database://"  # sessions table in the database | redis://host:port/db
     queue_url: str = "lease://"  # lease table in the database
     storage_url: str = ""  # file:///path (default: <data_dir>/media)
     cdn_url: str = ""  # media and static URLs point here when set
@@ -67,6 +67,7 @@ class Settings:
     # cache
     cache_max_entries: int = 50_000
     cache_ttl_seconds: int = 300
+    cache_timeout_seconds: float = 0.05  # a Redis call slower than this is a miss
 
     # ids: the logical shard count is fixed for the life of the data (ids carry it)
     logical_shards: int = 8192

@@ -18,10 +18,16 @@ def create_cache(settings: Settings, db: Database, observe: Observer = _no_obser
         # the epoch file is a fast path for processes on one host, which SQLite implies
         epoch = EpochFile(settings.data_dir / "cache-epoch") if db.dialect == "sqlite" else None
         backend = LocalCache(db, settings.cache_max_entries, epoch)
+    elif scheme in ("redis", "rediss"):
+        from picscale.tiers.cache.redis import RedisCache, redis_client
+
+        client = redis_client(settings.cache_url, timeout=settings.cache_timeout_seconds)
+        backend = RedisCache(client, observe)
     elif scheme == "none":
         backend = NoCache()
     else:
         raise SettingsError(
-            f"PICSCALE_CACHE_URL scheme {scheme!r} is not supported: use memory:// or none://"
+            f"PICSCALE_CACHE_URL scheme {scheme!r} is not supported: "
+            "use memory://, redis://host:port/db or none://"
         )
     return Cache(backend, ttl=settings.cache_ttl_seconds, observe=observe)

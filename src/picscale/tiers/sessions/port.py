@@ -114,8 +114,21 @@ class DatabaseSessionStore:
             await tx.conn.execute(delete(sessions).where(sessions.c.user_id == user_id))
 
 
+SESSION_TIMEOUT_SECONDS = 1.0
+
+
 def create_session_store(settings: Settings, db: Database) -> SessionStore:
     scheme = urlsplit(settings.session_url).scheme
     if scheme == "database":
         return DatabaseSessionStore(db, timedelta(seconds=settings.session_ttl_seconds))
-    raise SettingsError(f"PICSCALE_SESSION_URL scheme {scheme!r} is not supported: use database://")
+    if scheme in ("redis", "rediss"):
+        from picscale.tiers.cache.redis import redis_client
+        from picscale.tiers.sessions.redis import RedisSessionStore
+
+        # sessions are not optional like the cache: a longer timeout than the cache's
+        client = redis_client(settings.session_url, timeout=SESSION_TIMEOUT_SECONDS)
+        return RedisSessionStore(client, timedelta(seconds=settings.session_ttl_seconds))
+    raise SettingsError(
+        f"PICSCALE_SESSION_URL scheme {scheme!r} is not supported: "
+        "use database:// or redis://host:port/db"
+    )

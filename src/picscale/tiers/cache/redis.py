@@ -1,0 +1,124 @@
+"""``redis://``: the cache shared by every process and host.
+
+Cache-aside: values are set on a miss, and deleted (never set) after the write that made
+them stale commits. A delete that fails is logged, counted and retried in the
+background. Redis being down or slow costs a short client timeout and a database read,
+never a failed request; the cache comes back on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
+
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from picscale.tiers.cache.port import Found, Observer
+from picscale.tiers.db import WriteTx
+
+log = structlog.get_logger(__name__)
+
+KEY_PREFIX = "picscale:"
+DELETE_RETRIES = 5
+DELETE_BACKOFF_SECONDS = 0.2
+
+
+class RedisCache:
+    def __init__(self, client: Redis, observe: Observer) -> None:
+        self._redis = client
+        self._observe = observe
+        self._generation = 0
+        self._retries: set[asyncio.Task[None]] = set()
+
+    async def get_many(self, keys: Sequence[str]) -> dict[str, Found[Any]]:
+        if not keys:
+            return {}
+        try:
+            raw = await self._redis.mget([KEY_PREFIX + k for k in keys])
+        except (RedisError, OSError) as exc:
+            self._failed("get", exc)
+            return {}
+        out: dict[str, Found[Any]] = {}
+        for key, blob in zip(keys, raw, strict=True):
+            if blob is not None:
+                # our own values, written by our own processes (schema-versioned keys)
+                out[key] = Found(pickle.loads(cast(bytes, blob)))  # noqa: S301
+        return out
+
+    def generation(self) -> int:
+        return self._generation
+
+    async def set_many(
+        self, items: Mapping[str, Found[Any]], ttl: float, since: int | None = None
+    ) -> None:
+        if not items or (since is not None and since != self._generation):
+            return
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key, found in items.items():
+                    pipe.set(
+                        KEY_PREFIX + key, pickle.dumps(found.value), px=max(1, int(ttl * 1000))
+                    )
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            self._failed("set", exc)
+
+    async def delete_many(self, keys: Sequence[str]) -> None:
+        if not keys:
+            return
+        self._generation += 1
+        try:
+            await self._redis.delete(*(KEY_PREFIX + k for k in keys))
+        except (RedisError, OSError) as exc:
+            self._failed("delete", exc)
+            task = asyncio.create_task(self._retry_delete(list(keys)))
+            self._retries.add(task)
+            task.add_done_callback(self._retries.discard)
+
+    async def _retry_delete(self, keys: list[str]) -> None:
+        delay = DELETE_BACKOFF_SECONDS
+        for attempt in range(1, DELETE_RETRIES + 1):
+            await asyncio.sleep(delay)
+            try:
+                await self._redis.delete(*(KEY_PREFIX + k for k in keys))
+                log.info("cache_delete_retried", keys=len(keys), attempt=attempt)
+                return
+            except (RedisError, OSError) as exc:
+                self._failed("delete", exc)
+                delay = min(delay * 2, 5.0)
+        # entries expire with their TTL at the latest; say so loudly
+        log.error("cache_delete_given_up", keys=keys[:20])
+
+    async def invalidate(self, tx: WriteTx, keys: Sequence[str]) -> None:
+        async def after() -> None:
+            await self.delete_many(keys)
+
+        tx.after_commit(after)
+
+    async def sync(self) -> None:
+        return None  # one shared store: nothing to catch up on
+
+    def _failed(self, operation: str, exc: BaseException) -> None:
+        self._observe("error")
+        log.warning("cache_unavailable", operation=operation, error=repr(exc)[:200])
+
+    async def close(self) -> None:
+        for task in list(self._retries):
+            task.cancel()
+        await self._redis.aclose()
+
+
+def redis_client(url: str, *, timeout: float) -> Redis:
+    """A client that gives up fast: a dead cache must not hold a request."""
+    client: Redis = Redis.from_url(
+        url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        health_check_interval=10,
+        retry_on_timeout=False,
+    )
+    return client

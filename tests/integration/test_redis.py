@@ -1,0 +1,152 @@
+"""The Redis cache and Redis sessions, with two app instances and no sticky routing."""
+
+from __future__ import annotations
+
+import re
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from test_api import PASSWORD, new_user, upload, wait_job, wait_ready
+
+from redis_server import RedisServer, start_redis
+from support import Server, image_bytes, start_server, wait_until
+
+
+@pytest.fixture(scope="module")
+def redis_cache() -> Iterator[RedisServer]:
+    server = start_redis()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def redis_sessions() -> Iterator[RedisServer]:
+    server = start_redis()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def pair(
+    redis_cache: RedisServer, redis_sessions: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Server, Server]]:
+    """Two web servers sharing the database, the cache and the sessions."""
+    data = tmp_path_factory.mktemp("pair")
+    settings = {"cache_url": redis_cache.url, "session_url": redis_sessions.url}
+    first = start_server(data, job_workers=1, **settings)
+    second = start_server(data, job_workers=0, **settings)
+    yield first, second
+    second.close()
+    first.close()
+
+
+def cache_events(server: Server) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for line in httpx.get(server.url + "/metrics").text.splitlines():
+        match = re.match(r'picscale_cache_events_total\{event="(\w+)"\} ([0-9.e+]+)', line)
+        if match:
+            out[match.group(1)] = float(match.group(2))
+    return out
+
+
+def test_a_session_made_on_one_server_works_on_the_other(pair: tuple[Server, Server]) -> None:
+    first, second = pair
+    client, user = new_user(first)
+    token = client.headers["Authorization"]
+    on_second = second.client(headers={"Authorization": token})
+    assert on_second.get("/api/v1/me").json()["id"] == user["id"]
+
+    # a browser: the cookie from one server, a CSRF-checked write on the other
+    browser = first.client()
+    login = browser.post(
+        "/api/v1/sessions", json={"username": user["username"], "password": PASSWORD}
+    )
+    assert login.status_code == 201
+    cookies = {k: v for k, v in browser.cookies.items()}
+    other = second.client(cookies=cookies)
+    assert other.get("/api/v1/me").status_code == 200
+    out = other.delete("/api/v1/sessions", headers={"X-CSRF-Token": cookies["picscale_csrf"]})
+    assert out.status_code == 204
+    assert httpx.get(first.url + "/api/v1/me", cookies=cookies).status_code == 401
+    # the bearer session is a different one: still valid
+    assert on_second.get("/api/v1/me").status_code == 200
+
+
+def test_no_stale_read_after_any_write(pair: tuple[Server, Server]) -> None:
+    first, second = pair
+    writer, w = new_user(first)
+    reader = second.client(headers={"Authorization": writer.headers["Authorization"]})
+    fan, f = new_user(first)
+    name = w["username"]
+
+    def profile() -> dict:
+        return reader.get(f"/api/v1/users/{name}").json()
+
+    def gallery() -> list[str]:
+        return [p["id"] for p in reader.get(f"/api/v1/users/{name}/photos").json()["items"]]
+
+    assert profile()["photo_count"] == 0 and gallery() == []  # cached now
+    photo = wait_ready(writer, upload(writer, image_bytes(200, 100))["id"])
+    assert profile()["photo_count"] == 1 and gallery() == [photo["id"]]  # upload
+
+    assert reader.get(f"/api/v1/photos/{photo['id']}").json()["version"] == 1
+    job = writer.post(
+        f"/api/v1/photos/{photo['id']}/edits",
+        json={"operations": [{"op": "crop", "x": 0, "y": 0, "width": 50, "height": 50}]},
+    ).json()
+    assert wait_job(writer, job["id"])["status"] == "done"
+    edited = reader.get(f"/api/v1/photos/{photo['id']}").json()  # edit
+    assert (edited["version"], edited["width"]) == (2, 50)
+
+    assert fan.put(f"/api/v1/users/{name}/follow").status_code == 204
+    assert profile()["follower_count"] == 1  # follow
+    assert second.client().get(f"/api/v1/users/{f['username']}").json()["following_count"] == 1
+    assert fan.delete(f"/api/v1/users/{name}/follow").status_code == 204
+    assert profile()["follower_count"] == 0  # unfollow
+
+    assert writer.patch("/api/v1/me", json={"display_name": "Changed"}).status_code == 200
+    assert profile()["display_name"] == "Changed"  # profile change
+
+    assert writer.delete(f"/api/v1/photos/{photo['id']}").status_code == 204
+    assert reader.get(f"/api/v1/photos/{photo['id']}").status_code == 404  # delete
+    assert profile()["photo_count"] == 0 and gallery() == []
+    assert cache_events(second).get("hit", 0) > 0  # the reads did go through the cache
+
+
+def test_requests_succeed_while_the_cache_is_down(
+    pair: tuple[Server, Server], redis_cache: RedisServer
+) -> None:
+    first, _ = pair
+    client, user = new_user(first)
+    photo = upload(client, image_bytes(64, 64))
+    url = f"/api/v1/photos/{photo['id']}"
+    assert client.get(url).status_code == 200
+    redis_cache.stop(signal.SIGKILL)
+    try:
+        for _ in range(20):
+            assert client.get(url).status_code == 200
+            assert client.get(f"/api/v1/users/{user['username']}").status_code == 200
+        assert cache_events(first).get("error", 0) > 0  # counted, not hidden
+    finally:
+        redis_cache.start()
+
+    def hits_again() -> bool:
+        before = cache_events(first).get("hit", 0)
+        client.get(url)
+        client.get(url)
+        return cache_events(first).get("hit", 0) > before
+
+    wait_until(hits_again, timeout=30, what="the cache to be used again")
+
+
+def test_settings_name_the_redis_schemes(tmp_path: Path) -> None:
+    from picscale.settings import SettingsError, load_settings
+    from picscale.tiers.cache import create_cache
+    from picscale.tiers.db import create_database
+
+    settings = load_settings({}, data_dir=tmp_path, cache_url="memcached://x")
+    with pytest.raises(SettingsError, match="redis://"):
+        create_cache(settings, create_database(settings))
