@@ -67,7 +67,7 @@ class Settings:
     # cache
     cache_max_entries: int = 50_000
     cache_ttl_seconds: int = 300
-    cache_timeout_seconds: float = 0.05  # a Redis call slower than this is a miss
+    cache_timeout_seconds: float = 0.5  # a Redis call slower than this is a miss
 
     # ids: the logical shard count is fixed for the life of the data (ids carry it)
     logical_shards: int = 8192

@@ -12,7 +12,7 @@ import pytest
 from test_api import PASSWORD, new_user, upload, wait_job, wait_ready
 
 from redis_server import RedisServer, start_redis
-from support import Server, image_bytes, start_server, wait_until
+from support import Server, image_bytes, running_server, start_server, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -150,3 +150,48 @@ def test_settings_name_the_redis_schemes(tmp_path: Path) -> None:
     settings = load_settings({}, data_dir=tmp_path, cache_url="memcached://x")
     with pytest.raises(SettingsError, match="redis://"):
         create_cache(settings, create_database(settings))
+
+
+def test_a_stampede_on_one_cold_key_loads_it_at_most_twice(
+    redis_cache: RedisServer, tmp_path: Path
+) -> None:
+    import asyncio
+
+    # four processes: without a lock shared between them, each would load the key once
+    with running_server(tmp_path, workers=4, job_workers=0, cache_url=redis_cache.url) as srv:
+        _, user = new_user(srv)
+        # a profile nobody has read yet: its key is cold
+        path = f"/api/v1/users/{user['username']}"
+
+        def counters() -> tuple[float, float]:
+            text = httpx.get(srv.url + "/metrics").text
+            loads = sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith('picscale_cache_events_total{event="load"}')
+            )
+            served = sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith("picscale_http_requests_total{")
+                and 'route="/api/v1/users/{username}"' in line
+                and 'status="200"' in line
+            )
+            return loads, served
+
+        loads_before, served_before = counters()
+
+        async def burst() -> list[int]:
+            limits = httpx.Limits(max_connections=500, max_keepalive_connections=0)
+            async with httpx.AsyncClient(base_url=srv.url, timeout=60, limits=limits) as c:
+                responses = await asyncio.gather(*(c.get(path) for _ in range(500)))
+            return [r.status_code for r in responses]
+
+        statuses = asyncio.run(burst())
+        assert statuses == [200] * 500
+        # every web process has flushed its counts
+        wait_until(lambda: counters()[1] - served_before >= 500, what="the burst in the metrics")
+        loads = counters()[0] - loads_before
+        metrics = httpx.get(srv.url + "/metrics").text.splitlines()
+        events = [line for line in metrics if "cache_events" in line]
+        assert 1 <= loads <= 2, (loads, [e for e in events if not e.startswith("#")])

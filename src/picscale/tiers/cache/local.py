@@ -152,6 +152,12 @@ class LocalCache:
         self._generation += 1
         self._lru.clear()
 
+    async def claim_fill(self, key: str) -> bool:
+        return True  # single-flight within the process is all an unshared cache needs
+
+    async def release_fill(self, key: str) -> None:
+        return None
+
     async def close(self) -> None:
         if self._epoch is not None:
             self._epoch.close()
@@ -178,6 +184,12 @@ class NoCache:
         return None
 
     async def sync(self) -> None:
+        return None
+
+    async def claim_fill(self, key: str) -> bool:
+        return True  # single-flight within the process is all an unshared cache needs
+
+    async def release_fill(self, key: str) -> None:
         return None
 
     async def close(self) -> None:

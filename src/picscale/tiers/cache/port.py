@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
@@ -16,6 +17,10 @@ from picscale.tiers.db import WriteTx, primary_reads
 
 T = TypeVar("T")
 K = TypeVar("K")
+
+# a process that finds another loading a key waits this long for its value, then loads
+FILL_WAIT_SECONDS = 1.0
+FILL_POLL_SECONDS = 0.01
 
 SCHEMA_VERSION = "v1"  # bump when a cached shape changes: a deploy never reads old shapes
 
@@ -58,6 +63,13 @@ class CacheBackend(Protocol):
     async def sync(self) -> None:
         """Catch up on invalidations made by other processes; called once per request."""
         ...
+
+    async def claim_fill(self, key: str) -> bool:
+        """Whether this process should load ``key`` now: False if another process is
+        loading it (a shared cache's stampede lock). Unshared caches always say True."""
+        ...
+
+    async def release_fill(self, key: str) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -104,7 +116,16 @@ class Cache:
             return (await asyncio.shield(pending)).value
         future: asyncio.Future[Found[Any]] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
+        claimed = False
         try:
+            claimed = await self.backend.claim_fill(key)
+            if not claimed:
+                # another process is loading it: wait a moment for its value
+                waited = await self._wait_for_fill(key)
+                if waited is not None:
+                    self._observe("hit")
+                    future.set_result(waited)
+                    return waited.value
             self._observe("load")
             since = self.backend.generation()
             with primary_reads():
@@ -123,6 +144,17 @@ class Cache:
             raise
         finally:
             del self._inflight[key]
+            if claimed:
+                await self.backend.release_fill(key)
+
+    async def _wait_for_fill(self, key: str) -> Found[Any] | None:
+        deadline = time.monotonic() + FILL_WAIT_SECONDS
+        while time.monotonic() < deadline:
+            await asyncio.sleep(FILL_POLL_SECONDS)
+            found = (await self.backend.get_many([key])).get(key)
+            if found is not None:
+                return found
+        return None  # the loader is slow or gone: load it ourselves
 
     async def get_many_or_load(
         self,

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import pickle
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import structlog
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 
 from picscale.tiers.cache.port import Found, Observer
@@ -22,7 +23,12 @@ from picscale.tiers.db import WriteTx
 
 log = structlog.get_logger(__name__)
 
+POOL_SIZE = 16
+BREAKER_FAILURES = 3
+BREAKER_OPEN_SECONDS = 1.0
 KEY_PREFIX = "picscale:"
+LOCK_PREFIX = "picscale:filling:"
+FILL_LOCK_MS = 2000
 DELETE_RETRIES = 5
 DELETE_BACKOFF_SECONDS = 0.2
 
@@ -31,17 +37,33 @@ class RedisCache:
     def __init__(self, client: Redis, observe: Observer) -> None:
         self._redis = client
         self._observe = observe
+        # a circuit breaker: after a few failures in a row, leave Redis alone for a moment
+        # so that no request waits on a dead or hung cache
+        self._failures = 0
+        self._open_until = 0.0
         self._generation = 0
         self._retries: set[asyncio.Task[None]] = set()
 
+    def _closed(self) -> bool:
+        if time.monotonic() < self._open_until:
+            self._observe("bypass")
+            return False
+        return True
+
+    def _ok(self) -> None:
+        if self._failures:
+            log.info("cache_back")
+        self._failures = 0
+
     async def get_many(self, keys: Sequence[str]) -> dict[str, Found[Any]]:
-        if not keys:
+        if not keys or not self._closed():
             return {}
         try:
             raw = await self._redis.mget([KEY_PREFIX + k for k in keys])
         except (RedisError, OSError) as exc:
             self._failed("get", exc)
             return {}
+        self._ok()
         out: dict[str, Found[Any]] = {}
         for key, blob in zip(keys, raw, strict=True):
             if blob is not None:
@@ -55,7 +77,7 @@ class RedisCache:
     async def set_many(
         self, items: Mapping[str, Found[Any]], ttl: float, since: int | None = None
     ) -> None:
-        if not items or (since is not None and since != self._generation):
+        if not items or (since is not None and since != self._generation) or not self._closed():
             return
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
@@ -102,8 +124,28 @@ class RedisCache:
     async def sync(self) -> None:
         return None  # one shared store: nothing to catch up on
 
+    async def claim_fill(self, key: str) -> bool:
+        """A short lock: of many processes missing one key at once, one loads it."""
+        if not self._closed():
+            return True
+        try:
+            got = await self._redis.set(LOCK_PREFIX + key, b"1", nx=True, px=FILL_LOCK_MS)
+        except (RedisError, OSError) as exc:
+            self._failed("lock", exc)
+            return True  # no cache, no lock: load
+        return bool(got)
+
+    async def release_fill(self, key: str) -> None:
+        try:
+            await self._redis.delete(LOCK_PREFIX + key)
+        except (RedisError, OSError) as exc:
+            self._failed("unlock", exc)  # it expires by itself
+
     def _failed(self, operation: str, exc: BaseException) -> None:
         self._observe("error")
+        self._failures += 1
+        if self._failures >= BREAKER_FAILURES:
+            self._open_until = time.monotonic() + BREAKER_OPEN_SECONDS
         log.warning("cache_unavailable", operation=operation, error=repr(exc)[:200])
 
     async def close(self) -> None:
@@ -114,11 +156,15 @@ class RedisCache:
 
 def redis_client(url: str, *, timeout: float) -> Redis:
     """A client that gives up fast: a dead cache must not hold a request."""
-    client: Redis = Redis.from_url(
+    # a bounded pool: a burst of requests shares a few connections instead of opening
+    # hundreds at once (each would pay a connect inside the timeout)
+    pool = BlockingConnectionPool.from_url(
         url,
+        max_connections=POOL_SIZE,
+        timeout=timeout,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         health_check_interval=10,
         retry_on_timeout=False,
     )
-    return client
+    return Redis(connection_pool=pool)
