@@ -195,3 +195,30 @@ def test_a_stampede_on_one_cold_key_loads_it_at_most_twice(
         metrics = httpx.get(srv.url + "/metrics").text.splitlines()
         events = [line for line in metrics if "cache_events" in line]
         assert 1 <= loads <= 2, (loads, [e for e in events if not e.startswith("#")])
+
+
+def test_a_full_cache_evicts_and_the_service_stays_correct(tmp_path: Path) -> None:
+    import redis as redis_sync
+
+    tiny = start_redis(maxmemory="2mb")  # allkeys-lru
+    try:
+        with running_server(tmp_path, job_workers=1, cache_url=tiny.url) as srv:
+            filler = redis_sync.Redis(port=tiny.port)
+            pipe = filler.pipeline(transaction=False)
+            for i in range(40_000):  # about 4 MB of other keys: twice the limit
+                pipe.set(f"other:{i}", b"x" * 64)
+            pipe.execute()
+            client, user = new_user(srv)
+            photos = [upload(client, image_bytes(40, 40))["id"] for _ in range(3)]
+            for photo_id in photos:
+                wait_ready(client, photo_id)
+            for _ in range(3):
+                got = client.get(f"/api/v1/users/{user['username']}/photos").json()["items"]
+                assert [p["id"] for p in got] == photos[::-1]
+                assert client.get(f"/api/v1/users/{user['username']}").json()["photo_count"] == 3
+            stats = filler.info("stats")
+            assert int(stats["evicted_keys"]) > 0
+            assert int(filler.info("memory")["used_memory"]) <= 3 * 1024 * 1024
+            filler.close()
+    finally:
+        tiny.close()
