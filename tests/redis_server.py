@@ -8,7 +8,7 @@ import signal
 import socket
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from support import free_port, wait_until
@@ -20,6 +20,7 @@ class RedisServer:
     port: int
     maxmemory: str = "64mb"
     proc: subprocess.Popen[bytes] | None = None
+    extra: list[str] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -44,6 +45,7 @@ class RedisServer:
                 self.maxmemory,
                 "--maxmemory-policy",
                 "allkeys-lru",
+                *self.extra,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

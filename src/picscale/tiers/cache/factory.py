@@ -18,7 +18,7 @@ def create_cache(settings: Settings, db: Database, observe: Observer = _no_obser
         # the epoch file is a fast path for processes on one host, which SQLite implies
         epoch = EpochFile(settings.data_dir / "cache-epoch") if db.dialect == "sqlite" else None
         backend = LocalCache(db, settings.cache_max_entries, epoch)
-    elif scheme in ("redis", "rediss"):
+    elif scheme in ("redis", "rediss", "redis+sentinel"):
         from picscale.tiers.cache.redis import RedisCache, redis_client
 
         client = redis_client(settings.cache_url, timeout=settings.cache_timeout_seconds)

@@ -13,11 +13,14 @@ import pickle
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 import structlog
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import RedisError
 
+from picscale.settings import SettingsError
 from picscale.tiers.cache.port import Found, Observer
 from picscale.tiers.db import WriteTx
 
@@ -154,8 +157,35 @@ class RedisCache:
         await self._redis.aclose()
 
 
+def _sentinel_client(url: str, timeout: float) -> Redis:
+    """``redis+sentinel://h1:p1,h2:p2/master-name/db``: the master the Sentinels name,
+    found again after a failover."""
+    parts = urlsplit(url)
+    hosts = []
+    for item in parts.netloc.rsplit("@", 1)[-1].split(","):
+        host, _, port = item.strip().rpartition(":")
+        hosts.append((host or "127.0.0.1", int(port or 26379)))
+    path = [p for p in parts.path.split("/") if p]
+    if not path:
+        raise SettingsError(
+            f"{url!r}: name the master, as in redis+sentinel://host:26379,host:26380/mymaster/0"
+        )
+    db = int(path[1]) if len(path) > 1 else 0
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        hosts,
+        socket_timeout=timeout,
+        sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout},
+    )
+    client: Redis = sentinel.master_for(
+        path[0], db=db, socket_timeout=timeout, socket_connect_timeout=timeout
+    )
+    return client
+
+
 def redis_client(url: str, *, timeout: float) -> Redis:
     """A client that gives up fast: a dead cache must not hold a request."""
+    if url.startswith("redis+sentinel://"):
+        return _sentinel_client(url, timeout)
     # a bounded pool: a burst of requests shares a few connections instead of opening
     # hundreds at once (each would pay a connect inside the timeout)
     pool = BlockingConnectionPool.from_url(

@@ -121,7 +121,7 @@ def create_session_store(settings: Settings, db: Database) -> SessionStore:
     scheme = urlsplit(settings.session_url).scheme
     if scheme == "database":
         return DatabaseSessionStore(db, timedelta(seconds=settings.session_ttl_seconds))
-    if scheme in ("redis", "rediss"):
+    if scheme in ("redis", "rediss", "redis+sentinel"):
         from picscale.tiers.cache.redis import redis_client
         from picscale.tiers.sessions.redis import RedisSessionStore
 

@@ -7,15 +7,21 @@ user lists their sessions so that all of them can be ended at once.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError, ReadOnlyError, TimeoutError
 
 from picscale.tiers.db.schema import utcnow
 from picscale.tiers.sessions.port import Session, token_digest
+
+T = TypeVar("T")
 
 PREFIX = "picscale:session:"
 USER_PREFIX = "picscale:user-sessions:"
@@ -31,6 +37,23 @@ _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(_Stored).decode
 
 
+FAILOVER_WAIT_SECONDS = 10.0
+
+
+async def _patiently(operation: Callable[[], Awaitable[T]]) -> T:
+    """Retry through a Redis failover (Sentinel promotes a replica within seconds)."""
+    deadline = time.monotonic() + FAILOVER_WAIT_SECONDS
+    delay = 0.05
+    while True:
+        try:
+            return await operation()
+        except (ConnectionError, TimeoutError, OSError, ReadOnlyError):
+            if time.monotonic() + delay > deadline:
+                raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+
 class RedisSessionStore:
     def __init__(self, client: Redis, ttl: timedelta) -> None:
         self._redis = client
@@ -42,11 +65,17 @@ class RedisSessionStore:
 
     async def _save(self, digest: str, session: Session) -> None:
         ms = max(1, int((session.expires_at - utcnow()).total_seconds() * 1000))
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.set(PREFIX + digest, self._store(session), px=ms)
-            pipe.sadd(USER_PREFIX + str(session.user_id), digest)
-            pipe.pexpire(USER_PREFIX + str(session.user_id), int(self._ttl.total_seconds() * 1000))
-            await pipe.execute()
+
+        async def save() -> None:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.set(PREFIX + digest, self._store(session), px=ms)
+                pipe.sadd(USER_PREFIX + str(session.user_id), digest)
+                pipe.pexpire(
+                    USER_PREFIX + str(session.user_id), int(self._ttl.total_seconds() * 1000)
+                )
+                await pipe.execute()
+
+        await _patiently(save)
 
     async def create(self, user_id: int, data: dict[str, Any] | None = None) -> Session:
         token = secrets.token_urlsafe(32)
@@ -58,7 +87,7 @@ class RedisSessionStore:
         if not token or len(token) > 256:
             return None
         digest = token_digest(token)
-        blob = await self._redis.get(PREFIX + digest)
+        blob = await _patiently(lambda: self._redis.get(PREFIX + digest))
         if blob is None:
             return None
         stored = _decode(blob)
@@ -76,7 +105,7 @@ class RedisSessionStore:
         await self._save(token_digest(session.token), session)
 
     async def delete(self, token: str) -> None:
-        await self._redis.delete(PREFIX + token_digest(token))
+        await _patiently(lambda: self._redis.delete(PREFIX + token_digest(token)))
 
     async def delete_for_user(self, user_id: int) -> None:
         key = USER_PREFIX + str(user_id)
