@@ -43,7 +43,7 @@ class Services:
 def build_services(settings: Settings, metrics: Metrics | None = None) -> Services:
     metrics = metrics or Metrics()
     db = create_database(settings, metrics)
-    cache = create_cache(settings, db, metrics.cache_event)
+    cache = create_cache(settings, db, metrics.cache_event, metrics.cache_load)
     storage = create_media_store(settings)
     queue = create_job_queue(settings, db)
     ids = IdGenerator(settings.logical_shards)
@@ -52,6 +52,15 @@ def build_services(settings: Settings, metrics: Metrics | None = None) -> Servic
         per_account=settings.login_failures_per_account,
         per_address=settings.login_failures_per_address,
         window=timedelta(seconds=settings.login_window_seconds),
+    )
+    photos = Photos(
+        db,
+        cache,
+        storage,
+        queue,
+        ids,
+        max_upload_bytes=settings.max_upload_bytes,
+        max_pixels=settings.max_pixels,
     )
     return Services(
         settings=settings,
@@ -63,14 +72,6 @@ def build_services(settings: Settings, metrics: Metrics | None = None) -> Servic
         storage=storage,
         ids=ids,
         users=Users(db, cache, ids, throttle),
-        photos=Photos(
-            db,
-            cache,
-            storage,
-            queue,
-            ids,
-            max_upload_bytes=settings.max_upload_bytes,
-            max_pixels=settings.max_pixels,
-        ),
-        social=Social(db, cache),
+        photos=photos,
+        social=Social(db, cache, photos, feed_ttl=settings.feed_cache_seconds),
     )

@@ -68,6 +68,12 @@ class Settings:
     cache_max_entries: int = 50_000
     cache_ttl_seconds: int = 300
     cache_timeout_seconds: float = 0.5  # a Redis call slower than this is a miss
+    feed_cache_seconds: float = 15.0  # a feed's first page of ids (see the README)
+    # hot keys: read this often in a second by one process, kept in it for near_ttl
+    # (Redis only; dropped at once through pub/sub when invalidated; 0 turns it off)
+    cache_hot_reads_per_second: int = 50
+    cache_near_ttl_seconds: float = 1.0
+    cache_near_max_entries: int = 1000
 
     # ids: the logical shard count is fixed for the life of the data (ids carry it)
     logical_shards: int = 8192

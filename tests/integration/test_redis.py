@@ -52,6 +52,16 @@ def cache_events(server: Server) -> dict[str, float]:
     return out
 
 
+def metric_values(server: Server, name: str) -> dict[str, float]:
+    """``name``'s samples by their label text (``""`` when it has none)."""
+    out: dict[str, float] = {}
+    for line in httpx.get(server.url + "/metrics").text.splitlines():
+        match = re.match(re.escape(name) + r"(?:\{(.*)\})? ([0-9.e+-]+)$", line)
+        if match:
+            out[match.group(1) or ""] = float(match.group(2))
+    return out
+
+
 def test_a_session_made_on_one_server_works_on_the_other(pair: tuple[Server, Server]) -> None:
     first, second = pair
     client, user = new_user(first)
@@ -88,9 +98,18 @@ def test_no_stale_read_after_any_write(pair: tuple[Server, Server]) -> None:
     def gallery() -> list[str]:
         return [p["id"] for p in reader.get(f"/api/v1/users/{name}/photos").json()["items"]]
 
-    assert profile()["photo_count"] == 0 and gallery() == []  # cached now
+    fan_reader = second.client(headers={"Authorization": fan.headers["Authorization"]})
+
+    def feed(client: httpx.Client) -> list[tuple[str, int]]:
+        return [(p["id"], p["version"]) for p in client.get("/api/v1/feed").json()["items"]]
+
+    assert profile()["photo_count"] == 0 and gallery() == [] and feed(reader) == []  # cached
+    assert feed(fan_reader) == []
     photo = wait_ready(writer, upload(writer, image_bytes(200, 100))["id"])
     assert profile()["photo_count"] == 1 and gallery() == [photo["id"]]  # upload
+    assert feed(reader) == [(photo["id"], 1)]  # your own photos are in your feed at once
+    assert fan.put(f"/api/v1/users/{name}/follow").status_code == 204
+    assert feed(fan_reader) == [(photo["id"], 1)]  # a follow refreshes the follower's feed
 
     assert reader.get(f"/api/v1/photos/{photo['id']}").json()["version"] == 1
     job = writer.post(
@@ -100,20 +119,60 @@ def test_no_stale_read_after_any_write(pair: tuple[Server, Server]) -> None:
     assert wait_job(writer, job["id"])["status"] == "done"
     edited = reader.get(f"/api/v1/photos/{photo['id']}").json()  # edit
     assert (edited["version"], edited["width"]) == (2, 50)
+    assert feed(fan_reader) == [(photo["id"], 2)]  # the cached feed page holds ids only
 
-    assert fan.put(f"/api/v1/users/{name}/follow").status_code == 204
     assert profile()["follower_count"] == 1  # follow
     assert second.client().get(f"/api/v1/users/{f['username']}").json()["following_count"] == 1
     assert fan.delete(f"/api/v1/users/{name}/follow").status_code == 204
     assert profile()["follower_count"] == 0  # unfollow
+    assert feed(fan_reader) == []
 
     assert writer.patch("/api/v1/me", json={"display_name": "Changed"}).status_code == 200
     assert profile()["display_name"] == "Changed"  # profile change
 
     assert writer.delete(f"/api/v1/photos/{photo['id']}").status_code == 204
     assert reader.get(f"/api/v1/photos/{photo['id']}").status_code == 404  # delete
-    assert profile()["photo_count"] == 0 and gallery() == []
+    assert profile()["photo_count"] == 0 and gallery() == [] and feed(reader) == []
     assert cache_events(second).get("hit", 0) > 0  # the reads did go through the cache
+
+
+def test_a_hot_key_is_kept_near_and_dropped_everywhere_on_a_write(
+    redis_cache: RedisServer, redis_sessions: RedisServer, tmp_path: Path
+) -> None:
+    """A key read often is served from the process's own memory; a write through another
+    process drops it there at once, through Redis pub/sub. The near TTL here is a minute,
+    so only the published invalidation can explain the fresh read."""
+    settings = {
+        "cache_url": redis_cache.url,
+        "session_url": redis_sessions.url,
+        "cache_near_ttl_seconds": 60,
+        "cache_hot_reads_per_second": 3,
+    }
+    with running_server(tmp_path, job_workers=0, **settings) as first:
+        with running_server(tmp_path, job_workers=0, **settings) as second:
+            writer, user = new_user(first)
+            url = f"/api/v1/users/{user['username']}"
+            anonymous = second.client()
+            before = cache_events(second).get("near_hit", 0)
+            for _ in range(10):
+                assert anonymous.get(url).json()["display_name"] == user["display_name"]
+            wait_until(
+                lambda: cache_events(second).get("near_hit", 0) >= before + 5,
+                what="reads served from the near cache",
+            )
+
+            assert writer.patch("/api/v1/me", json={"display_name": "Renamed"}).status_code == 200
+            wait_until(
+                lambda: anonymous.get(url).json()["display_name"] == "Renamed",
+                timeout=5,
+                what="the other process to drop its near-cached profile",
+            )
+            # and a write in the same process drops it there too
+            for _ in range(10):
+                anonymous.get(url)
+            on_second = second.client(headers={"Authorization": writer.headers["Authorization"]})
+            assert on_second.patch("/api/v1/me", json={"display_name": "Again"}).status_code == 200
+            assert anonymous.get(url).json()["display_name"] == "Again"
 
 
 def test_requests_succeed_while_the_cache_is_down(
@@ -220,5 +279,11 @@ def test_a_full_cache_evicts_and_the_service_stays_correct(tmp_path: Path) -> No
             assert int(stats["evicted_keys"]) > 0
             assert int(filler.info("memory")["used_memory"]) <= 3 * 1024 * 1024
             filler.close()
+            # the service's metrics tell the same story
+            figures = metric_values(srv, "picscale_cache_store")
+            assert figures['figure="evictions"'] > 0
+            assert figures['figure="max_memory_bytes"'] == 2 * 1024 * 1024
+            assert 0 < metric_values(srv, "picscale_cache_hit_ratio")[""] < 1
+            assert metric_values(srv, "picscale_cache_load_seconds_count")[""] > 0
     finally:
         tiny.close()

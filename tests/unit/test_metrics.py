@@ -43,3 +43,19 @@ def test_requests_and_latency_are_flushed_into_prometheus_metrics() -> None:
     again = samples(m)
     assert again[(req, (("method", "GET"), ("route", "/x"), ("status", "200")))] == 3
     assert again[(bucket, (("le", "+Inf"), *labels))] == 4
+
+
+def test_cache_hit_ratio_load_time_and_store_figures_are_exported() -> None:
+    m = Metrics()
+    assert samples(m)[("picscale_cache_hit_ratio", ())] == 0.0  # nothing read yet
+    m.cache_event("hit", 3)
+    m.cache_event("miss", 1)
+    m.cache_event("load", 1)
+    m.cache_load(0.02)
+    m.cache_store_figures({"evictions": 7.0, "memory_bytes": 1024.0})
+    got = samples(m)
+    assert got[("picscale_cache_hit_ratio", ())] == 0.75
+    assert got[("picscale_cache_load_seconds_count", ())] == 1
+    assert got[("picscale_cache_load_seconds_bucket", (("le", "0.01"),))] == 0
+    assert got[("picscale_cache_load_seconds_bucket", (("le", "0.025"),))] == 1
+    assert got[("picscale_cache_store", (("figure", "evictions"),))] == 7

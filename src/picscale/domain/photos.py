@@ -36,7 +36,7 @@ from picscale.imaging import (
     validate_operations,
 )
 from picscale.tiers.cache import Cache
-from picscale.tiers.cache.port import photo_key, profile_key, user_photos_key
+from picscale.tiers.cache.port import feed_key, photo_key, profile_key, user_photos_key
 from picscale.tiers.db import Database, WriteTx, is_unique_violation
 from picscale.tiers.db.schema import jobs, photo_versions, photos, users, utcnow
 from picscale.tiers.queue import ClaimedJob, JobQueue, NewJob
@@ -163,6 +163,16 @@ class Photos:
 
         return await self._cache.get_or_load(photo_key(photo_id), load)
 
+    async def get_many(self, photo_ids: Sequence[int]) -> dict[int, PhotoRecord]:
+        """Many photos in one cache round trip; only the missing ones from the database."""
+
+        async def load(missing: list[int]) -> dict[int, PhotoRecord]:
+            async with self._db.read() as conn:
+                rows = await conn.execute(_photo_select().where(photos.c.id.in_(missing)))
+                return {row.id: _photo(row) for row in rows}
+
+        return await self._cache.get_many_or_load({photo_key(i): i for i in photo_ids}, load)
+
     async def require(self, photo_id: int) -> PhotoRecord:
         photo = await self.get(photo_id)
         if photo is None:
@@ -215,7 +225,10 @@ class Photos:
 
     @staticmethod
     def _first_pages(owner_id: int) -> list[str]:
-        return [user_photos_key(owner_id, n) for n in CACHED_PAGE_SIZES]
+        """The owner's gallery and their own feed (which shows their photos too)."""
+        return [user_photos_key(owner_id, n) for n in CACHED_PAGE_SIZES] + [
+            feed_key(owner_id, n) for n in CACHED_PAGE_SIZES
+        ]
 
     async def upload(self, owner: UserRecord, data: bytes, caption: str) -> PhotoRecord:
         if len(data) > self.max_upload_bytes:

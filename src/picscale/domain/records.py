@@ -54,3 +54,10 @@ class JobRecord(msgspec.Struct, frozen=True):
 class Page(msgspec.Struct, frozen=True):
     items: list[PhotoRecord]
     next_cursor: str | None
+
+
+class IdPage(msgspec.Struct, frozen=True):
+    """A page as ids only: cached lists hold ids, the photos themselves are cached once."""
+
+    ids: list[int]
+    next_cursor: str | None

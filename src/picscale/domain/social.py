@@ -7,18 +7,28 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from picscale.domain.errors import Invalid, NotFound
-from picscale.domain.photos import _photo_select, page_of, parse_cursor
-from picscale.domain.records import Page, UserRecord
+from picscale.domain.photos import CACHED_PAGE_SIZES, Photos, parse_cursor
+from picscale.domain.records import IdPage, Page, UserRecord
 from picscale.tiers.cache import Cache
-from picscale.tiers.cache.port import profile_key
+from picscale.tiers.cache.port import feed_key, profile_key
 from picscale.tiers.db import Database, is_unique_violation
 from picscale.tiers.db.schema import follows, photos, users, utcnow
 
 
 class Social:
-    def __init__(self, db: Database, cache: Cache) -> None:
+    def __init__(self, db: Database, cache: Cache, photos: Photos, *, feed_ttl: float) -> None:
         self._db = db
         self._cache = cache
+        self._photos = photos
+        self._feed_ttl = feed_ttl
+
+    def _changed(self, actor: UserRecord, target_name: str) -> list[str]:
+        """What a follow or unfollow makes stale: both profiles' counts, the actor's feed."""
+        return [
+            profile_key(actor.username),
+            profile_key(target_name),
+            *(feed_key(actor.id, n) for n in CACHED_PAGE_SIZES),
+        ]
 
     async def _target(self, username: str) -> tuple[int, str]:
         name = username.strip().lower()
@@ -44,9 +54,7 @@ class Social:
                     )
                 )
                 await self._count(tx.conn, actor.id, target_id, +1)
-                await self._cache.invalidate(
-                    tx, [profile_key(actor.username), profile_key(target_name)]
-                )
+                await self._cache.invalidate(tx, self._changed(actor, target_name))
         except IntegrityError as exc:
             if not is_unique_violation(exc):
                 raise
@@ -62,9 +70,7 @@ class Social:
             )
             if gone.rowcount:
                 await self._count(tx.conn, actor.id, target_id, -1)
-                await self._cache.invalidate(
-                    tx, [profile_key(actor.username), profile_key(target_name)]
-                )
+                await self._cache.invalidate(tx, self._changed(actor, target_name))
 
     @staticmethod
     async def _count(conn: AsyncConnection, follower: int, followee: int, delta: int) -> None:
@@ -91,17 +97,38 @@ class Social:
         return row is not None
 
     async def feed(self, viewer: UserRecord, cursor: str | None, limit: int) -> Page:
-        """Pull model: the viewer's and followed users' photos, one query per page.
+        """Pull model: the ids of the viewer's and followed users' photos, newest first,
+        then the photos themselves from the cache in one bulk read.
 
+        The first page's ids are cached for ``feed_ttl`` seconds (see the README: a new
+        photo by someone you follow may take that long to appear; your own writes and
+        follows drop your cached page at once). Edits and deletes never show stale,
+        because the page holds ids and each photo is invalidated precisely.
         Fan-out on write (precomputed feeds) comes with sharding."""
         before = parse_cursor(cursor)
-        followed = select(follows.c.followee_id).where(follows.c.follower_id == viewer.id)
-        query = _photo_select().where(
-            or_(photos.c.owner_id == viewer.id, photos.c.owner_id.in_(followed)),
+        ids: IdPage | None
+        if before is None and limit in CACHED_PAGE_SIZES:
+
+            async def load() -> IdPage:
+                return await self._feed_ids(viewer.id, None, limit)
+
+            ids = await self._cache.get_or_load(feed_key(viewer.id, limit), load, self._feed_ttl)
+            assert ids is not None
+        else:
+            ids = await self._feed_ids(viewer.id, before, limit)
+        found = await self._photos.get_many(ids.ids)
+        items = [found[i] for i in ids.ids if i in found and found[i].status == "ready"]
+        return Page(items=items, next_cursor=ids.next_cursor)
+
+    async def _feed_ids(self, viewer_id: int, before: int | None, limit: int) -> IdPage:
+        followed = select(follows.c.followee_id).where(follows.c.follower_id == viewer_id)
+        query = select(photos.c.id).where(
+            or_(photos.c.owner_id == viewer_id, photos.c.owner_id.in_(followed)),
             photos.c.status == "ready",
         )
         if before is not None:
             query = query.where(photos.c.id < before)
         async with self._db.read() as conn:
-            rows = (await conn.execute(query.order_by(photos.c.id.desc()).limit(limit + 1))).all()
-        return page_of(list(rows), limit)
+            rows = list(await conn.scalars(query.order_by(photos.c.id.desc()).limit(limit + 1)))
+        page = rows[:limit]
+        return IdPage(ids=page, next_cursor=str(page[-1]) if len(rows) > limit and page else None)

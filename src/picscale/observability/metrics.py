@@ -11,6 +11,7 @@ import asyncio
 import os
 from bisect import bisect_left
 from collections import defaultdict
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import (
@@ -22,6 +23,8 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -57,6 +60,21 @@ class Metrics:
             "picscale_cache_events_total",
             "Cache hits, misses, loads and invalidations",
             ["event"],
+            registry=r,
+        )
+        self.cache_load_seconds = Histogram(
+            "picscale_cache_load_seconds",
+            "Time to load what the cache missed from the database",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.cache_store = Gauge(
+            "picscale_cache_store",
+            "Figures of the cache store itself, read when scraped: evictions, expirations, "
+            "memory_bytes, max_memory_bytes, server_hits, server_misses (Redis INFO, shared "
+            "by all processes), entries, near_entries (this process)",
+            ["figure"],
+            multiprocess_mode="mostrecent",
             registry=r,
         )
         self.db_queries = Counter(
@@ -98,7 +116,7 @@ class Metrics:
         # mode each prometheus-client increment is a locked write to a shared file,
         # which would otherwise cost a third of a cached read.
         self._counts: defaultdict[tuple[Any, tuple[str, ...]], float] = defaultdict(float)
-        self._latency: dict[tuple[str, str], list[float]] = {}
+        self._histograms: dict[tuple[Any, tuple[str, ...]], list[float]] = {}
         self._bounds = LATENCY_BUCKETS
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
@@ -111,9 +129,12 @@ class Metrics:
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         self._counts[(self.requests, (method, route, str(status)))] += 1
-        sums = self._latency.get((method, route))
+        self._observe(self.latency, (method, route), seconds)
+
+    def _observe(self, histogram: Histogram, labels: tuple[str, ...], seconds: float) -> None:
+        sums = self._histograms.get((histogram, labels))
         if sums is None:  # per bucket counts (not cumulative), then the sum
-            sums = self._latency[(method, route)] = [0.0] * (len(self._bounds) + 2)
+            sums = self._histograms[(histogram, labels)] = [0.0] * (len(self._bounds) + 2)
         sums[bisect_left(self._bounds, seconds)] += 1
         sums[-1] += seconds
 
@@ -130,14 +151,21 @@ class Metrics:
     def cache_event(self, event: str, count: int = 1) -> None:
         self._counts[(self.cache, (event,))] += count
 
+    def cache_load(self, seconds: float) -> None:
+        self._observe(self.cache_load_seconds, (), seconds)
+
+    def cache_store_figures(self, figures: dict[str, float]) -> None:
+        for figure, value in figures.items():
+            self._child(self.cache_store, (figure,)).set(value)
+
     def flush(self) -> None:
         """Write what was added up since the last flush into the exported metrics."""
         counts, self._counts = self._counts, defaultdict(float)
         for (metric, labels), amount in counts.items():
             self._child(metric, labels).inc(amount)
-        latency, self._latency = self._latency, {}
-        for labels, sums in latency.items():
-            child = self._child(self.latency, labels)
+        histograms, self._histograms = self._histograms, {}
+        for (histogram, labels), sums in histograms.items():
+            child = self._child(histogram, labels) if labels else histogram
             # prometheus-client keeps a histogram as per-bucket counters and a sum
             for index, count in enumerate(sums[:-1]):
                 if count:
@@ -155,8 +183,35 @@ class Metrics:
 
     def exposition(self) -> tuple[bytes, str]:
         self.flush()
+        source = self.registry
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-            registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-            return generate_latest(registry), CONTENT_TYPE_LATEST
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+            source = CollectorRegistry()
+            multiprocess.MultiProcessCollector(source)  # type: ignore[no-untyped-call]
+        out = CollectorRegistry(auto_describe=False)
+        out.register(_WithHitRatio(source))
+        return generate_latest(out), CONTENT_TYPE_LATEST
+
+
+class _WithHitRatio(Collector):
+    """Every metric of ``source``, and the cache hit ratio worked out from its counters
+    (over all processes, since they started)."""
+
+    def __init__(self, source: CollectorRegistry) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Metric]:
+        hits = misses = 0.0
+        for family in self._source.collect():
+            if family.name == "picscale_cache_events":
+                for sample in family.samples:
+                    if sample.name.endswith("_total"):
+                        event = sample.labels.get("event")
+                        hits += sample.value if event == "hit" else 0.0
+                        misses += sample.value if event == "miss" else 0.0
+            yield family
+        ratio = GaugeMetricFamily(
+            "picscale_cache_hit_ratio",
+            "Cache hits over hits and misses, all processes, since they started",
+        )
+        ratio.add_metric([], hits / (hits + misses) if hits + misses else 0.0)
+        yield ratio

@@ -79,7 +79,9 @@ async def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
 
 @get("/metrics", summary="Prometheus metrics", tags=["ops"], include_in_schema=False)
 async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
-    body, content_type = services_of(request).metrics.exposition()
+    services = services_of(request)
+    services.metrics.cache_store_figures(await services.cache.stats())
+    body, content_type = services.metrics.exposition()
     return Response(body, media_type=content_type)
 
 

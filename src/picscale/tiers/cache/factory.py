@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from picscale.settings import Settings, SettingsError
 from picscale.tiers.cache.local import LocalCache, NoCache
-from picscale.tiers.cache.port import Cache, CacheBackend, Observer, _no_observer
+from picscale.tiers.cache.port import Cache, CacheBackend, Observer, _no_observer, _no_timer
 from picscale.tiers.db import Database
 from picscale.tiers.epoch import EpochFile
 
 
-def create_cache(settings: Settings, db: Database, observe: Observer = _no_observer) -> Cache:
+def create_cache(
+    settings: Settings,
+    db: Database,
+    observe: Observer = _no_observer,
+    observe_load: Callable[[float], None] = _no_timer,
+) -> Cache:
     scheme = urlsplit(settings.cache_url).scheme
     backend: CacheBackend
     if scheme == "memory":
@@ -19,10 +25,15 @@ def create_cache(settings: Settings, db: Database, observe: Observer = _no_obser
         epoch = EpochFile(settings.data_dir / "cache-epoch") if db.dialect == "sqlite" else None
         backend = LocalCache(db, settings.cache_max_entries, epoch)
     elif scheme in ("redis", "rediss", "redis+sentinel"):
-        from picscale.tiers.cache.redis import RedisCache, redis_client
+        from picscale.tiers.cache.redis import NearCache, RedisCache, redis_client
 
         client = redis_client(settings.cache_url, timeout=settings.cache_timeout_seconds)
-        backend = RedisCache(client, observe)
+        near = NearCache(
+            settings.cache_near_ttl_seconds,
+            settings.cache_hot_reads_per_second,
+            settings.cache_near_max_entries,
+        )
+        backend = RedisCache(client, observe, near)
     elif scheme == "none":
         backend = NoCache()
     else:
@@ -30,4 +41,6 @@ def create_cache(settings: Settings, db: Database, observe: Observer = _no_obser
             f"PICSCALE_CACHE_URL scheme {scheme!r} is not supported: "
             "use memory://, redis://host:port/db or none://"
         )
-    return Cache(backend, ttl=settings.cache_ttl_seconds, observe=observe)
+    return Cache(
+        backend, ttl=settings.cache_ttl_seconds, observe=observe, observe_load=observe_load
+    )

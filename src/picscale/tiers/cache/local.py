@@ -37,6 +37,7 @@ class LruCache:
     def __init__(self, max_entries: int) -> None:
         self._max = max_entries
         self._entries: OrderedDict[str, tuple[float, Found[Any]]] = OrderedDict()
+        self.evictions = 0  # entries pushed out to make room (not expiries)
 
     def get(self, key: str) -> Found[Any] | None:
         entry = self._entries.get(key)
@@ -53,6 +54,7 @@ class LruCache:
         self._entries.move_to_end(key)
         while len(self._entries) > self._max:
             self._entries.popitem(last=False)
+            self.evictions += 1
 
     def delete(self, key: str) -> None:
         self._entries.pop(key, None)
@@ -75,6 +77,9 @@ class LocalCache:
         self._seen_epoch = -1
         self._cursor: int | None = None
         self._generation = 0
+
+    async def stats(self) -> dict[str, float]:
+        return {"entries": len(self._lru), "evictions": self._lru.evictions}
 
     async def get_many(self, keys: Sequence[str]) -> dict[str, Found[Any]]:
         out = {}
@@ -165,6 +170,9 @@ class LocalCache:
 
 class NoCache:
     """``none://``: every read goes to the database (for measurements and debugging)."""
+
+    async def stats(self) -> dict[str, float]:
+        return {}
 
     async def get_many(self, keys: Sequence[str]) -> dict[str, Found[Any]]:
         return {}

@@ -41,6 +41,10 @@ class CacheStats:
 
 
 class CacheBackend(Protocol):
+    async def stats(self) -> dict[str, float]:
+        """Figures of the store itself (entries, evictions, memory), for metrics."""
+        ...
+
     async def get_many(self, keys: Sequence[str]) -> dict[str, Found[Any]]: ...
 
     def generation(self) -> int:
@@ -82,6 +86,10 @@ def _no_observer(event: str, count: int = 1) -> None:
     return None
 
 
+def _no_timer(seconds: float) -> None:
+    return None
+
+
 class Cache:
     """Cache-aside over a backend: single-flight loads, TTL jitter, bulk reads."""
 
@@ -92,11 +100,13 @@ class Cache:
         ttl: float,
         not_found_ttl: float = 10.0,
         observe: Observer = _no_observer,
+        observe_load: Callable[[float], None] = _no_timer,
     ) -> None:
         self.backend = backend
         self.ttl = ttl
         self.not_found_ttl = not_found_ttl
         self._observe = observe
+        self._observe_load = observe_load
         self._inflight: dict[str, asyncio.Future[Found[Any]]] = {}
 
     def _jittered(self, ttl: float) -> float:
@@ -128,8 +138,10 @@ class Cache:
                     return waited.value
             self._observe("load")
             since = self.backend.generation()
+            started = time.perf_counter()
             with primary_reads():
                 value = await load()
+            self._observe_load(time.perf_counter() - started)
             result: Found[Any] = Found(value)
             await self.backend.set_many(
                 {key: result},
@@ -177,8 +189,10 @@ class Cache:
             self._observe("miss", len(missing))
             self._observe("load", len(missing))
             since = self.backend.generation()
+            started = time.perf_counter()
             with primary_reads():
                 loaded = await load_many(missing)
+            self._observe_load(time.perf_counter() - started)
             by_ident = {ident: key for key, ident in keys.items()}
             await self.backend.set_many(
                 {by_ident[i]: Found(loaded.get(i)) for i in missing},
@@ -196,6 +210,9 @@ class Cache:
     async def sync(self) -> None:
         await self.backend.sync()
 
+    async def stats(self) -> dict[str, float]:
+        return await self.backend.stats()
+
     async def close(self) -> None:
         await self.backend.close()
 
@@ -211,3 +228,8 @@ def profile_key(username: str) -> str:
 
 def user_photos_key(user_id: int, page_size: int) -> str:
     return f"{SCHEMA_VERSION}:user_photos:{user_id}:first:{page_size}"
+
+
+def feed_key(user_id: int, page_size: int) -> str:
+    """The ids on the first page of a home feed (bodies come from ``photo_key``)."""
+    return f"{SCHEMA_VERSION}:feed:{user_id}:first:{page_size}"

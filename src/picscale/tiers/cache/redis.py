@@ -4,11 +4,19 @@ Cache-aside: values are set on a miss, and deleted (never set) after the write t
 them stale commits. A delete that fails is logged, counted and retried in the
 background. Redis being down or slow costs a short client timeout and a database read,
 never a failed request; the cache comes back on its own.
+
+Hot keys (a celebrity's profile, read thousands of times a second, all from the one
+Redis server that holds the key) are also kept in each process for about a second, once
+that process reads them often enough. Every invalidation is published on a Redis
+channel that each process listens to, and drops the key from its near cache at once; a
+process that is not subscribed (Redis down, reconnecting) keeps no near cache at all.
+A request whose user has just written skips the near cache: they read their own writes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import pickle
 import time
 from collections.abc import Mapping, Sequence
@@ -21,8 +29,9 @@ from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import RedisError
 
 from picscale.settings import SettingsError
+from picscale.tiers.cache.local import LruCache
 from picscale.tiers.cache.port import Found, Observer
-from picscale.tiers.db import WriteTx
+from picscale.tiers.db import WriteTx, current_context
 
 log = structlog.get_logger(__name__)
 
@@ -34,12 +43,62 @@ LOCK_PREFIX = "picscale:filling:"
 FILL_LOCK_MS = 2000
 DELETE_RETRIES = 5
 DELETE_BACKOFF_SECONDS = 0.2
+INVALIDATIONS = "picscale:invalidations"  # the pub/sub channel: deleted keys, one per line
+RESUBSCRIBE_MAX_SECONDS = 2.0
+
+
+class NearCache:
+    """Keys this process reads more than ``threshold`` times in a second, kept for
+    ``ttl`` seconds; usable only while subscribed to invalidations."""
+
+    def __init__(self, ttl: float, threshold: int, max_entries: int) -> None:
+        self.ttl = ttl
+        self.threshold = max(1, threshold)
+        self.enabled = ttl > 0 and max_entries > 0
+        self.ready = False  # subscribed: invalidations reach us
+        self._entries = LruCache(max(1, max_entries))
+        self._reads: dict[str, int] = {}
+        self._second = 0
+
+    def usable(self) -> bool:
+        if not (self.enabled and self.ready):
+            return False
+        context = current_context()
+        # read-your-writes: a user who has just written reads past the near cache
+        return context is None or (context.required is None and not context.wrote)
+
+    def get(self, key: str) -> Found[Any] | None:
+        return self._entries.get(key)
+
+    def is_hot(self, key: str) -> bool:
+        second = int(time.monotonic())
+        if second != self._second:
+            self._second = second
+            self._reads.clear()
+        reads = self._reads.get(key, 0) + 1
+        self._reads[key] = reads
+        return reads >= self.threshold
+
+    def put(self, key: str, found: Found[Any]) -> None:
+        self._entries.set(key, found, self.ttl)
+
+    def drop(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            self._entries.delete(key)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 class RedisCache:
-    def __init__(self, client: Redis, observe: Observer) -> None:
+    def __init__(self, client: Redis, observe: Observer, near: NearCache | None = None) -> None:
         self._redis = client
         self._observe = observe
+        self._near = near or NearCache(0, 1, 0)
+        self._listener: asyncio.Task[None] | None = None
         # a circuit breaker: after a few failures in a row, leave Redis alone for a moment
         # so that no request waits on a dead or hung cache
         self._failures = 0
@@ -59,20 +118,91 @@ class RedisCache:
         self._failures = 0
 
     async def get_many(self, keys: Sequence[str]) -> dict[str, Found[Any]]:
+        if self._listener is None and self._near.enabled:
+            self._listener = asyncio.create_task(self._listen())
+        out: dict[str, Found[Any]] = {}
+        near = self._near.usable()
+        if near:
+            for key in keys:
+                found = self._near.get(key)
+                if found is not None:
+                    out[key] = found
+            if out:
+                self._observe("near_hit", len(out))
+                keys = [k for k in keys if k not in out]
         if not keys or not self._closed():
-            return {}
+            return out
+        since = self._generation
         try:
             raw = await self._redis.mget([KEY_PREFIX + k for k in keys])
         except (RedisError, OSError) as exc:
             self._failed("get", exc)
-            return {}
+            return out
         self._ok()
-        out: dict[str, Found[Any]] = {}
+        # an invalidation that went by while we waited may have made these stale
+        near = near and since == self._generation and self._near.ready
         for key, blob in zip(keys, raw, strict=True):
             if blob is not None:
                 # our own values, written by our own processes (schema-versioned keys)
-                out[key] = Found(pickle.loads(cast(bytes, blob)))  # noqa: S301
+                found = Found(pickle.loads(cast(bytes, blob)))  # noqa: S301
+                out[key] = found
+                if near and self._near.is_hot(key):
+                    self._near.put(key, found)
         return out
+
+    async def stats(self) -> dict[str, float]:
+        """The server's own figures (shared by every process), read when scraped."""
+        if not self._closed():
+            return {}
+        try:
+            info = await self._redis.info()
+        except (RedisError, OSError) as exc:
+            self._failed("info", exc)
+            return {}
+        names = {
+            "evicted_keys": "evictions",
+            "expired_keys": "expirations",
+            "used_memory": "memory_bytes",
+            "maxmemory": "max_memory_bytes",
+            "keyspace_hits": "server_hits",
+            "keyspace_misses": "server_misses",
+        }
+        out = {ours: float(info[theirs]) for theirs, ours in names.items() if theirs in info}
+        out["near_entries"] = len(self._near)
+        return out
+
+    async def _listen(self) -> None:
+        """Drop keys from the near cache as other processes invalidate them."""
+        delay = 0.1
+        while True:
+            pubsub = self._redis.pubsub()
+            try:
+                await pubsub.subscribe(INVALIDATIONS)
+                while True:  # until Redis confirms: only then can nothing be missed
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is not None and message["type"] == "subscribe":
+                        break
+                self._near.clear()
+                self._near.ready = True
+                log.info("cache_invalidations_subscribed")
+                delay = 0.1
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if message is not None and message["type"] == "message":
+                        keys = bytes(message["data"]).decode().split("\n")
+                        self._generation += 1
+                        self._near.drop(keys)
+            except (RedisError, OSError) as exc:
+                if self._near.ready:
+                    log.warning("cache_invalidations_lost", error=repr(exc)[:200])
+                self._near.ready = False
+                self._near.clear()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RESUBSCRIBE_MAX_SECONDS)
+            finally:
+                self._near.ready = False
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     def generation(self) -> int:
         return self._generation
@@ -96,8 +226,9 @@ class RedisCache:
         if not keys:
             return
         self._generation += 1
+        self._near.drop(keys)
         try:
-            await self._redis.delete(*(KEY_PREFIX + k for k in keys))
+            await self._delete(keys)
         except (RedisError, OSError) as exc:
             self._failed("delete", exc)
             task = asyncio.create_task(self._retry_delete(list(keys)))
@@ -109,7 +240,7 @@ class RedisCache:
         for attempt in range(1, DELETE_RETRIES + 1):
             await asyncio.sleep(delay)
             try:
-                await self._redis.delete(*(KEY_PREFIX + k for k in keys))
+                await self._delete(keys)
                 log.info("cache_delete_retried", keys=len(keys), attempt=attempt)
                 return
             except (RedisError, OSError) as exc:
@@ -117,6 +248,13 @@ class RedisCache:
                 delay = min(delay * 2, 5.0)
         # entries expire with their TTL at the latest; say so loudly
         log.error("cache_delete_given_up", keys=keys[:20])
+
+    async def _delete(self, keys: Sequence[str]) -> None:
+        """Delete, and tell every process to drop its near-cached copies."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.delete(*(KEY_PREFIX + k for k in keys))
+            pipe.publish(INVALIDATIONS, "\n".join(keys))
+            await pipe.execute()
 
     async def invalidate(self, tx: WriteTx, keys: Sequence[str]) -> None:
         async def after() -> None:
@@ -152,8 +290,10 @@ class RedisCache:
         log.warning("cache_unavailable", operation=operation, error=repr(exc)[:200])
 
     async def close(self) -> None:
-        for task in list(self._retries):
+        tasks = [*self._retries, *([self._listener] if self._listener else [])]
+        for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self._redis.aclose()
 
 
