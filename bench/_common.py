@@ -7,6 +7,7 @@ id, never by name. Traffic goes to 127.0.0.1 only.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -197,3 +199,65 @@ def percentile(values: Sequence[float], fraction: float) -> float:
 def machine_note() -> str:
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     return f"{os.cpu_count()} CPUs, load average {load}"
+
+
+# -- wrk -------------------------------------------------------------------------------
+
+
+@dataclass
+class WrkResult:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    bad: int  # non-2xx/3xx responses plus socket errors
+
+
+_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
+
+
+def _ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if match is None:
+        raise ValueError(f"cannot read wrk latency {text!r}")
+    return float(match.group(1)) * _UNITS_MS[match.group(2)]
+
+
+def parse_wrk(output: str) -> WrkResult:
+    rps = re.search(r"^Requests/sec:\s+([\d.]+)", output, re.M)
+    p50 = re.search(r"^\s+50%\s+(\S+)", output, re.M)
+    p99 = re.search(r"^\s+99%\s+(\S+)", output, re.M)
+    total = re.search(r"^\s+(\d+) requests in", output, re.M)
+    if not (rps and p50 and p99 and total):
+        raise RuntimeError(f"cannot parse wrk output:\n{output}")
+    bad = 0
+    if non2xx := re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output):
+        bad += int(non2xx.group(1))
+    if sock := re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
+    ):
+        bad += sum(int(g) for g in sock.groups())
+    return WrkResult(
+        float(rps.group(1)), _ms(p50.group(1)), _ms(p99.group(1)), int(total.group(1)), bad
+    )
+
+
+def run_wrk(
+    wrk: str,
+    url: str,
+    *,
+    duration: float,
+    connections: int,
+    cpu: int | None,
+    script: Path | None = None,
+    script_args: Sequence[str] = (),
+) -> WrkResult:
+    """One wrk run (one thread); ``script`` is a Lua file that makes the requests."""
+    lua = ["-s", str(script)] if script else []
+    args = [
+        *pinned(cpu),
+        wrk, "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency", *lua, url,
+        *(["--", *script_args] if script_args else []),
+    ]  # fmt: skip
+    out = subprocess.run(args, capture_output=True, text=True, check=True, timeout=duration + 60)
+    return parse_wrk(out.stdout)

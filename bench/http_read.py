@@ -16,12 +16,9 @@ import argparse
 import io
 import json
 import os
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +31,13 @@ if str(BENCH_DIR) not in sys.path:
 from _common import (  # noqa: E402
     HOST,
     Process,
+    WrkResult,
     clean_env,
     free_port,
     log,
     machine_note,
     pinned,
+    run_wrk,
     sign_up,
     start_picscale,
     upload,
@@ -93,56 +92,6 @@ def small_jpeg() -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (1024, 768), (200, 80, 40)).save(buf, "JPEG")
     return buf.getvalue()
-
-
-# -- wrk -------------------------------------------------------------------------------
-
-
-@dataclass
-class WrkResult:
-    rps: float
-    p50_ms: float
-    p99_ms: float
-    requests: int
-    bad: int  # non-2xx/3xx responses plus socket errors
-
-
-_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
-
-
-def _ms(text: str) -> float:
-    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
-    if match is None:
-        raise ValueError(f"cannot read wrk latency {text!r}")
-    return float(match.group(1)) * _UNITS_MS[match.group(2)]
-
-
-def parse_wrk(output: str) -> WrkResult:
-    rps = re.search(r"^Requests/sec:\s+([\d.]+)", output, re.M)
-    p50 = re.search(r"^\s+50%\s+(\S+)", output, re.M)
-    p99 = re.search(r"^\s+99%\s+(\S+)", output, re.M)
-    total = re.search(r"^\s+(\d+) requests in", output, re.M)
-    if not (rps and p50 and p99 and total):
-        raise RuntimeError(f"cannot parse wrk output:\n{output}")
-    bad = 0
-    if non2xx := re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output):
-        bad += int(non2xx.group(1))
-    if sock := re.search(
-        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
-    ):
-        bad += sum(int(g) for g in sock.groups())
-    return WrkResult(
-        float(rps.group(1)), _ms(p50.group(1)), _ms(p99.group(1)), int(total.group(1)), bad
-    )
-
-
-def run_wrk(wrk: str, url: str, *, duration: float, connections: int, cpu: int | None) -> WrkResult:
-    args = [
-        *pinned(cpu),
-        wrk, "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency", url,
-    ]  # fmt: skip
-    out = subprocess.run(args, capture_output=True, text=True, check=True, timeout=duration + 60)
-    return parse_wrk(out.stdout)
 
 
 # -- main ------------------------------------------------------------------------------
