@@ -148,31 +148,33 @@ def test_a_hot_key_is_kept_near_and_dropped_everywhere_on_a_write(
         "cache_near_ttl_seconds": 60,
         "cache_hot_reads_per_second": 3,
     }
-    with running_server(tmp_path, job_workers=0, **settings) as first:
-        with running_server(tmp_path, job_workers=0, **settings) as second:
-            writer, user = new_user(first)
-            url = f"/api/v1/users/{user['username']}"
-            anonymous = second.client()
-            before = cache_events(second).get("near_hit", 0)
-            for _ in range(10):
-                assert anonymous.get(url).json()["display_name"] == user["display_name"]
-            wait_until(
-                lambda: cache_events(second).get("near_hit", 0) >= before + 5,
-                what="reads served from the near cache",
-            )
+    with (
+        running_server(tmp_path, job_workers=0, **settings) as first,
+        running_server(tmp_path, job_workers=0, **settings) as second,
+    ):
+        writer, user = new_user(first)
+        url = f"/api/v1/users/{user['username']}"
+        anonymous = second.client()
+        before = cache_events(second).get("near_hit", 0)
+        for _ in range(10):
+            assert anonymous.get(url).json()["display_name"] == user["display_name"]
+        wait_until(
+            lambda: cache_events(second).get("near_hit", 0) >= before + 5,
+            what="reads served from the near cache",
+        )
 
-            assert writer.patch("/api/v1/me", json={"display_name": "Renamed"}).status_code == 200
-            wait_until(
-                lambda: anonymous.get(url).json()["display_name"] == "Renamed",
-                timeout=5,
-                what="the other process to drop its near-cached profile",
-            )
-            # and a write in the same process drops it there too
-            for _ in range(10):
-                anonymous.get(url)
-            on_second = second.client(headers={"Authorization": writer.headers["Authorization"]})
-            assert on_second.patch("/api/v1/me", json={"display_name": "Again"}).status_code == 200
-            assert anonymous.get(url).json()["display_name"] == "Again"
+        assert writer.patch("/api/v1/me", json={"display_name": "Renamed"}).status_code == 200
+        wait_until(
+            lambda: anonymous.get(url).json()["display_name"] == "Renamed",
+            timeout=5,
+            what="the other process to drop its near-cached profile",
+        )
+        # and a write in the same process drops it there too
+        for _ in range(10):
+            anonymous.get(url)
+        on_second = second.client(headers={"Authorization": writer.headers["Authorization"]})
+        assert on_second.patch("/api/v1/me", json={"display_name": "Again"}).status_code == 200
+        assert anonymous.get(url).json()["display_name"] == "Again"
 
 
 def test_requests_succeed_while_the_cache_is_down(
