@@ -97,7 +97,7 @@ class RedisCache:
     def __init__(self, client: Redis, observe: Observer, near: NearCache | None = None) -> None:
         self._redis = client
         self._observe = observe
-        self._near = near or NearCache(0, 1, 0)
+        self._near = near if near is not None else NearCache(0, 1, 0)
         self._listener: asyncio.Task[None] | None = None
         # a circuit breaker: after a few failures in a row, leave Redis alone for a moment
         # so that no request waits on a dead or hung cache
