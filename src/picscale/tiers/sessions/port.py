@@ -127,7 +127,12 @@ def create_session_store(settings: Settings, db: Database) -> SessionStore:
 
         # sessions are not optional like the cache: a longer timeout than the cache's
         client = redis_client(settings.session_url, timeout=SESSION_TIMEOUT_SECONDS)
-        return RedisSessionStore(client, timedelta(seconds=settings.session_ttl_seconds))
+        # behind Sentinel there are replicas: logins and logouts wait for one of them
+        return RedisSessionStore(
+            client,
+            timedelta(seconds=settings.session_ttl_seconds),
+            wait_replicas=1 if scheme == "redis+sentinel" else 0,
+        )
     raise SettingsError(
         f"PICSCALE_SESSION_URL scheme {scheme!r} is not supported: "
         "use database:// or redis://host:port/db"

@@ -3,6 +3,12 @@
 A session is one key (the SHA-256 of its token) holding the user id and the session's
 data (the read-your-writes WAL position among it), expiring with the session; a set per
 user lists their sessions so that all of them can be ended at once.
+
+Redis replicates asynchronously. With replicas (``redis+sentinel://``), a login and a
+logout are acknowledged only after ``WAIT`` has seen a replica take them (up to half a
+second; past that the request still succeeds and the shortfall is logged), so that a
+master's crash neither logs people out nor brings an ended session back. Sliding expiry
+and read-your-writes positions are not waited for: losing one costs little.
 """
 
 from __future__ import annotations
@@ -15,13 +21,25 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import msgspec
+import structlog
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError, ReadOnlyError, TimeoutError
 
 from picscale.tiers.db.schema import utcnow
 from picscale.tiers.sessions.port import Session, token_digest
 
+log = structlog.get_logger(__name__)
+
 T = TypeVar("T")
+REPLICA_WAIT_MS = 500
+
+# one atomic command, so that WAIT (which covers this connection's writes) can follow it
+_SAVE = """
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+return 1
+"""
 
 PREFIX = "picscale:session:"
 USER_PREFIX = "picscale:user-sessions:"
@@ -55,32 +73,45 @@ async def _patiently(operation: Callable[[], Awaitable[T]]) -> T:
 
 
 class RedisSessionStore:
-    def __init__(self, client: Redis, ttl: timedelta) -> None:
+    def __init__(self, client: Redis, ttl: timedelta, *, wait_replicas: int = 0) -> None:
         self._redis = client
         self._ttl = ttl
         self._slide_after = ttl / 10
+        self._wait_replicas = wait_replicas
+        self.last_replicated: int | None = None  # replicas that took the last login/logout
+
+    async def _durably(self, write: Callable[[Redis], Awaitable[Any]]) -> None:
+        """``write``, then wait for it to reach the replicas, on one connection."""
+        if not self._wait_replicas:
+            await write(self._redis)
+            return
+        async with self._redis.client() as conn:
+            await write(conn)
+            acked = int(await conn.wait(self._wait_replicas, REPLICA_WAIT_MS))
+        self.last_replicated = acked
+        if acked < self._wait_replicas:
+            log.warning("session_not_replicated", replicas=acked, wanted=self._wait_replicas)
 
     def _store(self, session: Session) -> bytes:
         return _encode(_Stored(session.user_id, session.expires_at.timestamp(), session.data))
 
-    async def _save(self, digest: str, session: Session) -> None:
+    async def _save(self, digest: str, session: Session, *, durable: bool = False) -> None:
         ms = max(1, int((session.expires_at - utcnow()).total_seconds() * 1000))
+        keys = (PREFIX + digest, USER_PREFIX + str(session.user_id))
+        args = (self._store(session), ms, digest, int(self._ttl.total_seconds() * 1000))
 
-        async def save() -> None:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.set(PREFIX + digest, self._store(session), px=ms)
-                pipe.sadd(USER_PREFIX + str(session.user_id), digest)
-                pipe.pexpire(
-                    USER_PREFIX + str(session.user_id), int(self._ttl.total_seconds() * 1000)
-                )
-                await pipe.execute()
+        async def save(client: Redis) -> None:
+            await client.eval(_SAVE, 2, *keys, *args)
 
-        await _patiently(save)
+        if durable:
+            await _patiently(lambda: self._durably(save))
+        else:
+            await _patiently(lambda: save(self._redis))
 
     async def create(self, user_id: int, data: dict[str, Any] | None = None) -> Session:
         token = secrets.token_urlsafe(32)
         session = Session(token, user_id, utcnow() + self._ttl, dict(data or {}))
-        await self._save(token_digest(token), session)
+        await self._save(token_digest(token), session, durable=True)
         return session
 
     async def get(self, token: str) -> Session | None:
@@ -105,7 +136,12 @@ class RedisSessionStore:
         await self._save(token_digest(session.token), session)
 
     async def delete(self, token: str) -> None:
-        await _patiently(lambda: self._redis.delete(PREFIX + token_digest(token)))
+        key = PREFIX + token_digest(token)
+
+        async def delete(client: Redis) -> None:
+            await client.delete(key)
+
+        await _patiently(lambda: self._durably(delete))
 
     async def delete_for_user(self, user_id: int) -> None:
         key = USER_PREFIX + str(user_id)
