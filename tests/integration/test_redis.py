@@ -289,3 +289,45 @@ def test_a_full_cache_evicts_and_the_service_stays_correct(tmp_path: Path) -> No
             assert metric_values(srv, "picscale_cache_load_seconds_count")[""] > 0
     finally:
         tiny.close()
+
+
+def test_a_fill_that_raced_a_write_stores_nothing(redis_cache: RedisServer) -> None:
+    """Process A misses and loads the old value; meanwhile process B's write commits and
+    invalidates the key; A's fill must not store its now stale value (its lease went
+    with the key)."""
+    import asyncio
+
+    from picscale.tiers.cache.port import Cache
+    from picscale.tiers.cache.redis import RedisCache, redis_client
+
+    async def scenario() -> tuple[dict[str, object], str | None, str | None]:
+        a = RedisCache(redis_client(redis_cache.url, timeout=1.0), lambda e, n=1: None)
+        b = RedisCache(redis_client(redis_cache.url, timeout=1.0), lambda e, n=1: None)
+        key = "race:photo:1"
+        loading, written = asyncio.Event(), asyncio.Event()
+
+        async def load_old() -> str:
+            loading.set()
+            await written.wait()  # the write commits while we hold the old row
+            return "old"
+
+        async def load_new() -> str:
+            return "new"
+
+        try:
+            filling = asyncio.create_task(Cache(a, ttl=60).get_or_load(key, load_old))
+            await loading.wait()
+            await b.delete_many([key])  # B's invalidation after its commit
+            written.set()
+            assert await filling == "old"  # A's request answers what it read...
+            stored = await b.get_many([key])  # ...but the cache keeps nothing of it
+            after = await Cache(b, ttl=60).get_or_load(key, load_new)
+            again = await Cache(a, ttl=60).get_or_load(key, load_old)
+            return {k: v.value for k, v in stored.items()}, after, again
+        finally:
+            await a.close()
+            await b.close()
+
+    stored, after, again = asyncio.run(scenario())
+    assert stored == {}
+    assert (after, again) == ("new", "new")

@@ -131,7 +131,7 @@ class Cache:
             claimed = await self.backend.claim_fill(key)
             if not claimed:
                 # another process is loading it: wait a moment for its value
-                waited = await self._wait_for_fill(key)
+                waited, claimed = await self._wait_for_fill(key)
                 if waited is not None:
                     self._observe("hit")
                     future.set_result(waited)
@@ -159,14 +159,18 @@ class Cache:
             if claimed:
                 await self.backend.release_fill(key)
 
-    async def _wait_for_fill(self, key: str) -> Found[Any] | None:
+    async def _wait_for_fill(self, key: str) -> tuple[Found[Any] | None, bool]:
+        """The value another process is loading, or else whether we now hold the fill
+        lock ourselves (its loader finished without storing, say after a write)."""
         deadline = time.monotonic() + FILL_WAIT_SECONDS
         while time.monotonic() < deadline:
             await asyncio.sleep(FILL_POLL_SECONDS)
             found = (await self.backend.get_many([key])).get(key)
             if found is not None:
-                return found
-        return None  # the loader is slow or gone: load it ourselves
+                return found, False
+            if await self.backend.claim_fill(key):
+                return None, True
+        return None, False  # the loader is slow or gone: load it ourselves
 
     async def get_many_or_load(
         self,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import pickle
+import secrets
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
@@ -43,6 +44,23 @@ LOCK_PREFIX = "picscale:filling:"
 FILL_LOCK_MS = 2000
 DELETE_RETRIES = 5
 DELETE_BACKOFF_SECONDS = 0.2
+# A fill holds a lease (the fill lock's token, as in "Scaling Memcache at Facebook"): an
+# invalidation deletes the lease with the key, and a fill whose lease is gone does not
+# store what it loaded, which may predate the write. No process sets a stale value.
+_SET_IF_LEASED = """
+if redis.call('GET', KEYS[2]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  redis.call('DEL', KEYS[2])
+  return 1
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
 INVALIDATIONS = "picscale:invalidations"  # the pub/sub channel: deleted keys, one per line
 RESUBSCRIBE_MAX_SECONDS = 2.0
 
@@ -99,6 +117,7 @@ class RedisCache:
         self._observe = observe
         self._near = near if near is not None else NearCache(0, 1, 0)
         self._listener: asyncio.Task[None] | None = None
+        self._leases: dict[str, str] = {}  # key -> token of the fill lock we hold
         # a circuit breaker: after a few failures in a row, leave Redis alone for a moment
         # so that no request waits on a dead or hung cache
         self._failures = 0
@@ -212,12 +231,17 @@ class RedisCache:
     ) -> None:
         if not items or (since is not None and since != self._generation) or not self._closed():
             return
+        ms = max(1, int(ttl * 1000))
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for key, found in items.items():
-                    pipe.set(
-                        KEY_PREFIX + key, pickle.dumps(found.value), px=max(1, int(ttl * 1000))
-                    )
+                    blob = pickle.dumps(found.value)
+                    lease = self._leases.pop(key, None)
+                    if lease is None:
+                        pipe.set(KEY_PREFIX + key, blob, px=ms)
+                    else:
+                        keys = (KEY_PREFIX + key, LOCK_PREFIX + key)
+                        pipe.eval(_SET_IF_LEASED, 2, *keys, lease, blob, ms)
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             self._failed("set", exc)
@@ -252,7 +276,8 @@ class RedisCache:
     async def _delete(self, keys: Sequence[str]) -> None:
         """Delete, and tell every process to drop its near-cached copies."""
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.delete(*(KEY_PREFIX + k for k in keys))
+            # the fill leases go too: a fill that started before this write stores nothing
+            pipe.delete(*(KEY_PREFIX + k for k in keys), *(LOCK_PREFIX + k for k in keys))
             pipe.publish(INVALIDATIONS, "\n".join(keys))
             await pipe.execute()
 
@@ -269,16 +294,22 @@ class RedisCache:
         """A short lock: of many processes missing one key at once, one loads it."""
         if not self._closed():
             return True
+        token = secrets.token_hex(8)
         try:
-            got = await self._redis.set(LOCK_PREFIX + key, b"1", nx=True, px=FILL_LOCK_MS)
+            got = await self._redis.set(LOCK_PREFIX + key, token, nx=True, px=FILL_LOCK_MS)
         except (RedisError, OSError) as exc:
             self._failed("lock", exc)
             return True  # no cache, no lock: load
+        if got:
+            self._leases[key] = token
         return bool(got)
 
     async def release_fill(self, key: str) -> None:
+        token = self._leases.pop(key, None)
+        if token is None:  # used by set_many, or never held
+            return
         try:
-            await self._redis.delete(LOCK_PREFIX + key)
+            await self._redis.eval(_RELEASE, 1, LOCK_PREFIX + key, token)
         except (RedisError, OSError) as exc:
             self._failed("unlock", exc)  # it expires by itself
 
