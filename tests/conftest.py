@@ -12,6 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from pg import PostgresServer, start_postgres
+from rabbitmq_server import RabbitServer, start_rabbitmq
 from support import Server, start_server
 
 
@@ -20,6 +21,13 @@ def postgres() -> Iterator[PostgresServer]:
     pg = start_postgres()
     yield pg
     pg.close()
+
+
+@pytest.fixture(scope="module")
+def rabbitmq() -> Iterator[RabbitServer]:
+    broker = start_rabbitmq()
+    yield broker
+    broker.close()
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])

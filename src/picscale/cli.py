@@ -1,4 +1,4 @@
-"""The ``picscale`` command: serve, worker, migrate, version."""
+"""The ``picscale`` command: serve, worker, jobs, migrate, version."""
 
 from __future__ import annotations
 
@@ -9,13 +9,16 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
 from picscale import __version__
 from picscale.settings import Settings, SettingsError, load_settings
+
+T = TypeVar("T")
 
 RESTART_DELAY_SECONDS = 1.0
 STOP_TIMEOUT_SECONDS = 40.0
@@ -206,6 +209,70 @@ def migrate(data_dir: Path | None, revision: str, down_to: str | None) -> None:
     else:
         upgrade(settings, revision)
         click.echo(f"database at {revision}")
+
+
+@main.group()
+def jobs() -> None:
+    """Inspect the job queue and requeue dead jobs."""
+
+
+@jobs.group()
+def dead() -> None:
+    """Jobs that ran out of attempts (the dead-letter queue)."""
+
+
+def _with_queue(data_dir: Path | None, action: Callable[[Any], Awaitable[T]]) -> T:
+    from picscale.services import build_services
+
+    async def run() -> T:
+        services = build_services(_settings(data_dir=data_dir))
+        try:
+            return await action(services.queue)
+        finally:
+            await services.close()
+
+    return asyncio.run(run())
+
+
+@dead.command("list")
+@data_dir_option
+@click.option("--limit", type=click.IntRange(1), default=100, show_default=True)
+def dead_list(data_dir: Path | None, limit: int) -> None:
+    """List dead jobs, most recent first: id, kind, attempts, when, last error."""
+    found = _with_queue(data_dir, lambda queue: queue.dead(limit))
+    if not found:
+        click.echo("no dead jobs")
+        return
+    click.echo(f"{'id':<20} {'kind':<16} {'attempts':>8}  {'failed at (UTC)':<19}  last error")
+    for job in found:
+        when = job.failed_at.strftime("%Y-%m-%d %H:%M:%S")
+        error = (job.error or "").replace("\n", " ")[:100]
+        click.echo(f"{job.id:<20} {job.kind:<16} {job.attempts:>8}  {when:<19}  {error}")
+
+
+@dead.command("retry")
+@data_dir_option
+@click.argument("job_id", type=int, required=False)
+@click.option("--all", "every", is_flag=True, help="Retry every dead job.")
+def dead_retry(data_dir: Path | None, job_id: int | None, every: bool) -> None:
+    """Queue a dead job (or --all of them) again, with fresh attempts."""
+    if (job_id is None) == (not every):
+        raise click.UsageError("give a JOB_ID or --all (not both)")
+    count = _with_queue(data_dir, lambda queue: queue.retry_dead(job_id))
+    if job_id is not None and count == 0:
+        raise click.ClickException(f"job {job_id} is not dead (see `picscale jobs dead list`)")
+    click.echo(f"queued {count} job(s) again")
+
+
+@dead.command("purge")
+@data_dir_option
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def dead_purge(data_dir: Path | None, yes: bool) -> None:
+    """Forget every dead job."""
+    if not yes:
+        click.confirm("Forget every dead job for good?", abort=True)
+    count = _with_queue(data_dir, lambda queue: queue.purge_dead())
+    click.echo(f"purged {count} dead job(s)")
 
 
 @main.command()

@@ -36,6 +36,7 @@ class Services:
     social: Social
 
     async def close(self) -> None:
+        await self.queue.close()
         await self.cache.close()
         await self.db.dispose()
 

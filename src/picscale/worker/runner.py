@@ -104,17 +104,20 @@ class Worker:
         log.info("worker_started", worker=self.name, concurrency=concurrency)
         loops = [asyncio.create_task(self._claim_loop(stop)) for _ in range(concurrency)]
         sampler = asyncio.create_task(self._sample_depth(stop))
+        upkeep = asyncio.create_task(self._maintain(stop))
         try:
             await stop.wait()
             log.info("worker_stopping", worker=self.name, running=len(self.running))
+            await self.services.queue.stop_consuming()
             _, pending = await asyncio.wait(loops, timeout=SHUTDOWN_GRACE_SECONDS)
-            for task in pending:  # their leases run out; another worker retries them
+            for task in pending:  # returned to the queue: another worker runs them
                 task.cancel()
         finally:
             sampler.cancel()
+            upkeep.cancel()
             for task in loops:
                 task.cancel()
-            await asyncio.gather(*loops, sampler, return_exceptions=True)
+            await asyncio.gather(*loops, sampler, upkeep, return_exceptions=True)
             self._pool.shutdown(wait=False, cancel_futures=True)
             log.info("worker_stopped", worker=self.name)
 
@@ -156,6 +159,16 @@ class Worker:
                 log.warning("queue_depth_failed", exc_info=True)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=DEPTH_SAMPLE_SECONDS)
+
+    async def _maintain(self, stop: asyncio.Event) -> None:
+        """The queue's housekeeping (the outbox relay) about once a second."""
+        while not stop.is_set():
+            try:
+                await self.services.queue.maintain()
+            except Exception as exc:
+                log.warning("queue_upkeep_failed", error=repr(exc)[:200])
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
 
     async def _heartbeat(self, job: ClaimedJob) -> None:
         interval = max(0.2, self.settings.job_lease_seconds / 3)

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    text,
 )
 from sqlalchemy.engine import Dialect
 
@@ -146,8 +147,16 @@ jobs = Table(
     Column("result", JSON, nullable=True),
     Column("created_at", UtcDateTime(), nullable=False),
     Column("updated_at", UtcDateTime(), nullable=False),
+    # the outbox of the broker backend: empty until the broker confirmed the job
+    Column("published_at", UtcDateTime(), nullable=True),
     Index("ix_jobs_status_available_at", "status", "available_at"),
     Index("ix_jobs_photo_id", "photo_id"),
+    Index(
+        "ix_jobs_unpublished",
+        "created_at",
+        postgresql_where=text("published_at IS NULL"),
+        sqlite_where=text("published_at IS NULL"),
+    ),
 )
 
 sessions = Table(

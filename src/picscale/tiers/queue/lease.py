@@ -20,7 +20,8 @@ from sqlalchemy import and_, func, insert, or_, select, update
 from picscale.tiers.db import Database, WriteTx
 from picscale.tiers.db.schema import jobs, utcnow
 from picscale.tiers.epoch import EpochFile
-from picscale.tiers.queue.port import ClaimedJob, NewJob, traced
+from picscale.tiers.queue.dead import count_dead, delete_dead, list_dead, requeue_dead
+from picscale.tiers.queue.port import ClaimedJob, DeadJob, NewJob, traced
 
 BACKOFF_BASE_SECONDS = 1.0
 BACKOFF_MAX_SECONDS = 300.0
@@ -62,6 +63,7 @@ class LeaseQueue:
                 available_at=now,
                 created_at=now,
                 updated_at=now,
+                published_at=now,  # the table is the queue: nothing to relay
             )
         )
         if self._wakeup is not None:
@@ -106,6 +108,7 @@ class LeaseQueue:
                 jobs.c.owner_id,
                 jobs.c.attempts,
                 jobs.c.max_attempts,
+                jobs.c.available_at,
             )
         )
         async with self._db.write() as tx:
@@ -121,6 +124,7 @@ class LeaseQueue:
             attempts=row.attempts,
             max_attempts=row.max_attempts,
             lease_owner=owner,
+            queued_at=row.available_at,
         )
 
     async def _bury_expired(self, now: Any) -> None:
@@ -209,3 +213,27 @@ class LeaseQueue:
                 select(func.count()).select_from(jobs).where(jobs.c.status.in_(DUE))
             )
         return int(count or 0)
+
+    async def maintain(self) -> None:
+        return None  # claims sweep expired leases themselves
+
+    async def stop_consuming(self) -> None:
+        return None  # nothing is handed to us before we claim it
+
+    async def dead(self, limit: int = 100) -> list[DeadJob]:
+        return await list_dead(self._db, limit)
+
+    async def dead_count(self) -> int:
+        return await count_dead(self._db)
+
+    async def retry_dead(self, job_id: int | None = None) -> int:
+        ids = await requeue_dead(self._db, job_id)
+        if ids and self._wakeup is not None:
+            self._wakeup.bump()
+        return len(ids)
+
+    async def purge_dead(self) -> int:
+        return await delete_dead(self._db)
+
+    async def close(self) -> None:
+        return None

@@ -7,6 +7,7 @@ result in the same transaction that marks the job done (``complete``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -25,6 +26,15 @@ class NewJob:
     owner_id: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class DeadJob:
+    id: int
+    kind: str
+    attempts: int
+    error: str | None
+    failed_at: datetime
+
+
 @dataclass(slots=True)
 class ClaimedJob:
     id: int
@@ -35,6 +45,7 @@ class ClaimedJob:
     attempts: int
     max_attempts: int
     lease_owner: str
+    queued_at: datetime | None = None  # when it was queued or last became due
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -82,6 +93,30 @@ class JobQueue(Protocol):
         """Return after ``seconds`` seconds, or sooner when a job may have been queued."""
         ...
 
+    async def maintain(self) -> None:
+        """Housekeeping that workers run about once a second (the outbox relay, say)."""
+        ...
+
+    async def stop_consuming(self) -> None:
+        """Take no new jobs (a stopping worker); jobs already started may complete."""
+        ...
+
+    async def dead(self, limit: int = 100) -> list[DeadJob]:
+        """Jobs that ran out of attempts (or failed for good), most recent first."""
+        ...
+
+    async def dead_count(self) -> int: ...
+
+    async def retry_dead(self, job_id: int | None = None) -> int:
+        """Queue dead jobs again with fresh attempts (one, or all when None)."""
+        ...
+
+    async def purge_dead(self) -> int:
+        """Forget every dead job."""
+        ...
+
+    async def close(self) -> None: ...
+
 
 def create_job_queue(settings: Settings, db: Database) -> JobQueue:
     scheme = urlsplit(settings.queue_url).scheme
@@ -96,4 +131,16 @@ def create_job_queue(settings: Settings, db: Database) -> JobQueue:
             # processes sharing a SQLite file share a host: a queued job wakes workers
             wakeup=EpochFile(settings.data_dir / "queue-epoch") if db.dialect == "sqlite" else None,
         )
-    raise SettingsError(f"PICSCALE_QUEUE_URL scheme {scheme!r} is not supported: use lease://")
+    if scheme in ("amqp", "amqps"):
+        from picscale.tiers.queue.amqp import AmqpQueue
+
+        return AmqpQueue(
+            db,
+            settings.queue_url,
+            max_attempts=settings.job_max_attempts,
+            prefetch=settings.job_concurrency,
+        )
+    raise SettingsError(
+        f"PICSCALE_QUEUE_URL scheme {scheme!r} is not supported: "
+        "use lease:// or amqp://user:password@host:5672/vhost"
+    )

@@ -1,0 +1,191 @@
+"""The job queue on both backends (the SQLite lease table and a real RabbitMQ): dead
+letters and the `picscale jobs dead` commands, a broker restart under queued jobs, and a
+commit whose publish never happened (the outbox relay)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_api import new_user, upload, wait_ready
+
+from rabbitmq_server import RabbitServer
+from support import Process, base_env, image_bytes, running_server, start_process, wait_until
+
+
+@pytest.fixture(params=["lease", "amqp"])
+def queue_url(request: pytest.FixtureRequest) -> str:
+    if request.param == "lease":
+        return "lease://"
+    rabbit: RabbitServer = request.getfixturevalue("rabbitmq")
+    asyncio.run(_reset_broker(rabbit.url))
+    return rabbit.url
+
+
+async def _reset_broker(url: str) -> None:
+    """Each test starts with empty queues (the broker is shared by the module)."""
+    import aio_pika
+
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel()
+        for name in ("picscale.jobs", "picscale.jobs.dead"):
+            await channel.queue_delete(name)
+
+
+def dead_letters(url: str) -> int:
+    async def count() -> int:
+        import aio_pika
+
+        connection = await aio_pika.connect(url)
+        async with connection:
+            channel = await connection.channel()
+            queue = await channel.declare_queue("picscale.jobs.dead", passive=True)
+            return int(queue.declaration_result.message_count or 0)
+
+    return asyncio.run(count())
+
+
+def cli(data_dir: Path, *args: str, **settings: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "picscale", *args],
+        env=base_env(data_dir, **settings),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def job_rows(data_dir: Path) -> dict[str, tuple[str, int, str | None]]:
+    with sqlite3.connect(data_dir / "picscale.db") as conn:
+        rows = conn.execute("SELECT id, status, attempts, published_at FROM jobs").fetchall()
+    return {str(r[0]): (r[1], r[2], r[3]) for r in rows}
+
+
+@pytest.fixture
+def worker_env(tmp_path: Path, queue_url: str) -> dict[str, str]:
+    return base_env(tmp_path, queue_url=queue_url, job_max_attempts=3)
+
+
+def start_worker(tmp_path: Path, env: dict[str, str], name: str = "worker") -> Process:
+    return start_process(["worker"], env, tmp_path / f"{name}.log")
+
+
+def test_a_poison_job_is_dead_lettered_then_retried(
+    tmp_path: Path, queue_url: str, worker_env: dict[str, str]
+) -> None:
+    settings = {"queue_url": queue_url, "job_max_attempts": 3}
+    with running_server(tmp_path, job_workers=0, **settings) as server:
+        client, _ = new_user(server)
+        photos = [upload(client, image_bytes(120, 80))["id"] for _ in range(2)]
+        # the sources vanish before any worker runs: every attempt fails
+        sources = {p: tmp_path / "media" / "photos" / p / "source" for p in photos}
+        kept = {p: path.read_bytes() for p, path in sources.items()}
+        for path in sources.values():
+            path.unlink()
+        worker = start_worker(tmp_path, worker_env)
+        try:
+
+            def failed() -> bool:
+                return all(
+                    client.get(f"/api/v1/photos/{p}").json()["status"] == "failed" for p in photos
+                )
+
+            wait_until(failed, timeout=60, what="both jobs to run out of attempts")
+            rows = job_rows(tmp_path)
+            dead = {jid for jid, (status, attempts, _) in rows.items() if status == "dead"}
+            assert len(dead) == 2
+            assert all(rows[j][1] == 3 for j in dead)  # exactly the attempt limit
+            listed = cli(tmp_path, "jobs", "dead", "list", **settings)
+            assert listed.returncode == 0, listed.stderr
+            assert all(j in listed.stdout for j in dead)
+            assert "MediaNotFound" in listed.stdout  # the last error
+            if queue_url.startswith("amqp"):
+                wait_until(lambda: dead_letters(queue_url) == 2, what="two dead letters")
+
+            # put one source back and retry its job by id: it completes
+            first, second = photos
+            sources[first].write_bytes(kept[first])
+            first_job = next(j for j in dead if _photo_of(tmp_path, j) == first)
+            retried = cli(tmp_path, "jobs", "dead", "retry", first_job, **settings)
+            assert retried.returncode == 0, retried.stderr
+            assert "queued 1 job" in retried.stdout
+            wait_ready(client, first)
+            if queue_url.startswith("amqp"):
+                assert dead_letters(queue_url) == 1  # its message left the dead letters
+
+            again = cli(tmp_path, "jobs", "dead", "retry", first_job, **settings)
+            assert again.returncode != 0 and "not dead" in again.stderr
+            both = cli(tmp_path, "jobs", "dead", "retry", first_job, "--all", **settings)
+            assert both.returncode != 0  # one or the other
+
+            purged = cli(tmp_path, "jobs", "dead", "purge", "--yes", **settings)
+            assert purged.returncode == 0 and "purged 1 dead job" in purged.stdout
+            assert "no dead jobs" in cli(tmp_path, "jobs", "dead", "list", **settings).stdout
+            if queue_url.startswith("amqp"):
+                assert dead_letters(queue_url) == 0
+            assert client.get(f"/api/v1/photos/{second}").json()["status"] == "failed"
+        finally:
+            worker.stop()
+
+
+def _photo_of(data_dir: Path, job_id: str) -> str:
+    with sqlite3.connect(data_dir / "picscale.db") as conn:
+        (photo_id,) = conn.execute(
+            "SELECT photo_id FROM jobs WHERE id = ?", (int(job_id),)
+        ).fetchone()
+    return str(photo_id)
+
+
+@pytest.fixture
+def broker(rabbitmq: RabbitServer) -> Iterator[RabbitServer]:
+    asyncio.run(_reset_broker(rabbitmq.url))
+    yield rabbitmq
+    if rabbitmq.proc is None or rabbitmq.proc.poll() is not None:
+        rabbitmq.start()  # leave it running for the next test
+
+
+def test_a_broker_restart_loses_no_queued_job(tmp_path: Path, broker: RabbitServer) -> None:
+    with running_server(tmp_path, job_workers=0, queue_url=broker.url) as server:
+        client, _ = new_user(server)
+        photos = [upload(client, image_bytes(100, 100))["id"] for _ in range(5)]
+        assert all(published for _, _, published in job_rows(tmp_path).values())
+        broker.stop()  # the jobs wait in the broker, not in any process
+        broker.start()
+        worker = start_worker(tmp_path, base_env(tmp_path, queue_url=broker.url))
+        try:
+            for photo_id in photos:
+                wait_ready(client, photo_id)
+        finally:
+            worker.stop()
+        assert {s for s, _, _ in job_rows(tmp_path).values()} == {"done"}
+
+
+def test_a_job_committed_but_never_published_is_relayed(
+    tmp_path: Path, broker: RabbitServer
+) -> None:
+    with running_server(tmp_path, job_workers=0, queue_url=broker.url) as server:
+        client, _ = new_user(server)
+        broker.stop()  # the commit happens; the publish cannot
+        photo = upload(client, image_bytes(100, 100))["id"]
+        rows = job_rows(tmp_path)
+        assert [published for _, _, published in rows.values()] == [None]  # in the outbox
+        broker.start()
+        env = base_env(tmp_path, queue_url=broker.url, log_level="info")
+        worker = start_worker(tmp_path, env)
+        try:
+            wait_ready(client, photo)
+        finally:
+            worker.stop()
+        (status, attempts, published) = next(iter(job_rows(tmp_path).values()))
+        assert (status, attempts) == ("done", 1) and published is not None
+        log = (tmp_path / "worker.log").read_text().splitlines()
+        events = [json.loads(line).get("event") for line in log if line.startswith("{")]
+        assert "jobs_relayed" in events  # the relay published it, not the request
