@@ -185,13 +185,49 @@ class Supervisor:
                 proc.wait()
 
 
+def _range(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    low, sep, high = value.partition(":")
+    try:
+        minimum, maximum = int(low), int(high if sep else low)
+    except ValueError:
+        minimum, maximum = 0, -1
+    if not 1 <= minimum <= maximum:
+        raise click.BadParameter(f"{value!r}: give MIN:MAX with 1 <= MIN <= MAX, as in 1:4")
+    return minimum, maximum
+
+
 @main.command()
 @data_dir_option
-def worker(data_dir: Path | None) -> None:
-    """Run a job worker: claims jobs from the queue until SIGTERM."""
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1),
+    default=None,
+    help="Jobs run at once by each worker process [env PICSCALE_JOB_CONCURRENCY; 2].",
+)
+@click.option(
+    "--autoscale",
+    metavar="MIN:MAX",
+    default=None,
+    help="Run MIN to MAX worker processes, scaled by queue depth.",
+)
+def worker(data_dir: Path | None, concurrency: int | None, autoscale: str | None) -> None:
+    """Run a job worker: takes jobs from the queue until SIGTERM (in-flight jobs finish
+    or go back to the queue)."""
+    bounds = _range(autoscale)
+    overrides: dict[str, Any] = {"data_dir": data_dir}
+    if concurrency is not None:
+        overrides["job_concurrency"] = concurrency
+    settings = _settings(**overrides)
+    if bounds is not None:
+        from picscale.worker.autoscale import run_autoscaler
+
+        asyncio.run(run_autoscaler(settings, *bounds))
+        return
     from picscale.worker import run_worker
 
-    asyncio.run(run_worker(_settings(data_dir=data_dir)))
+    asyncio.run(run_worker(settings))
 
 
 @main.command()

@@ -63,6 +63,11 @@ class Settings:
     job_max_attempts: int = 5
     job_poll_seconds: float = 1.0  # same-host workers are woken at once by a queued job
     job_time_limit_seconds: float = 120.0
+    # picscale worker --autoscale MIN:MAX
+    autoscale_jobs_per_worker: int = 10  # queued jobs one worker process is meant to face
+    autoscale_up_samples: int = 2  # readings in a row that want more before growing
+    autoscale_cooldown_seconds: float = 30.0  # wanting fewer this long before shrinking
+    autoscale_interval_seconds: float = 1.0
 
     # cache
     cache_max_entries: int = 50_000

@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -189,3 +190,54 @@ def test_a_job_committed_but_never_published_is_relayed(
         log = (tmp_path / "worker.log").read_text().splitlines()
         events = [json.loads(line).get("event") for line in log if line.startswith("{")]
         assert "jobs_relayed" in events  # the relay published it, not the request
+
+
+def autoscale_decisions(log_path: Path) -> list[int]:
+    """The worker counts the autoscaler decided on, in order."""
+    if not log_path.exists():
+        return []
+    out = []
+    for line in log_path.read_text().splitlines():
+        if line.startswith("{"):
+            entry = json.loads(line)
+            if entry.get("event") == "autoscale":
+                out.append(int(entry["workers"]))
+    return out
+
+
+def test_a_burst_grows_the_workers_and_an_empty_queue_shrinks_them(
+    tmp_path: Path, queue_url: str
+) -> None:
+    settings = {
+        "queue_url": queue_url,
+        "autoscale_jobs_per_worker": 20,
+        "autoscale_up_samples": 2,
+        "autoscale_cooldown_seconds": 2,
+        "autoscale_interval_seconds": 0.5,
+    }
+    with running_server(tmp_path, job_workers=0, queue_url=queue_url) as server:
+        client, _ = new_user(server)
+        image = image_bytes(96, 64)
+        with ThreadPoolExecutor(max_workers=8) as pool:  # a burst of 200 jobs
+            photos = list(pool.map(lambda _: upload(client, image)["id"], range(200)))
+        log_path = tmp_path / "autoscale.log"
+        env = base_env(tmp_path, log_level="info", **settings)
+        scaler = start_process(["worker", "--autoscale", "1:3"], env, log_path)
+        try:
+            wait_until(lambda: 3 in autoscale_decisions(log_path), timeout=60, what="growing to 3")
+
+            def all_done() -> bool:
+                return {s for s, _, _ in job_rows(tmp_path).values()} == {"done"}
+
+            wait_until(all_done, timeout=120, what="the burst to be worked off")
+            wait_until(
+                lambda: autoscale_decisions(log_path)[-1:] == [1],
+                timeout=60,
+                what="shrinking back to 1",
+            )
+        finally:
+            scaler.stop()
+        decided = autoscale_decisions(log_path)
+        assert decided[0] == 1 and max(decided) == 3
+        assert decided[decided.index(3) :] == [3, 2, 1]  # one step per cooldown
+        assert client.get(f"/api/v1/photos/{photos[-1]}").json()["status"] == "ready"

@@ -110,6 +110,37 @@ class Metrics:
             multiprocess_mode="max",
             registry=r,
         )
+        self.dead_jobs = Gauge(
+            "picscale_queue_dead_jobs",
+            "Jobs that ran out of attempts (the dead-letter queue; sampled by the worker)",
+            multiprocess_mode="max",
+            registry=r,
+        )
+        self.jobs_in_flight = Gauge(
+            "picscale_jobs_in_flight",
+            "Jobs being run now",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.job_queueing_delay = Histogram(
+            "picscale_job_queueing_delay_seconds",
+            "From a job being queued (or due again) to a worker starting it",
+            ["kind"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+            registry=r,
+        )
+        self.workers = Gauge(
+            "picscale_autoscale_workers",
+            "Worker processes the autoscaler runs",
+            multiprocess_mode="max",
+            registry=r,
+        )
+        self.autoscale_decisions = Counter(
+            "picscale_autoscale_decisions_total",
+            "Autoscaler decisions by direction (up, down) and reason",
+            ["direction", "reason"],
+            registry=r,
+        )
 
         # Hot-path events are added up in plain dicts and written to the metrics above
         # by ``flush`` (about once a second, and before every scrape): in multiprocess

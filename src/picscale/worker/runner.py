@@ -29,6 +29,7 @@ from picscale.observability.metrics import Metrics
 from picscale.services import Services, build_services
 from picscale.settings import Settings
 from picscale.tiers.db import read_context
+from picscale.tiers.db.schema import utcnow
 from picscale.tiers.queue import ClaimedJob
 
 log = structlog.get_logger("picscale.worker")
@@ -155,6 +156,7 @@ class Worker:
         while not stop.is_set():
             try:
                 self.services.metrics.queue_depth.set(await self.services.queue.depth())
+                self.services.metrics.dead_jobs.set(await self.services.queue.dead_count())
             except Exception:
                 log.warning("queue_depth_failed", exc_info=True)
             with contextlib.suppress(TimeoutError):
@@ -186,6 +188,10 @@ class Worker:
         metrics = self.services.metrics
         queue = self.services.queue
         self.running.add(job.id)
+        metrics.jobs_in_flight.inc()
+        if job.queued_at is not None:
+            waited = (utcnow() - job.queued_at).total_seconds()
+            metrics.job_queueing_delay.labels(job.kind).observe(max(0.0, waited))
         heartbeat = asyncio.create_task(self._heartbeat(job))
         start = time.perf_counter()
         outcome = "done"
@@ -216,6 +222,7 @@ class Worker:
         finally:
             heartbeat.cancel()
             self.running.discard(job.id)
+            metrics.jobs_in_flight.dec()
             label = {"dead": "failed", "failed": "retry"}.get(outcome, outcome)
             metrics.jobs.labels(job.kind, label).inc()
             metrics.job_duration.labels(job.kind).observe(time.perf_counter() - start)

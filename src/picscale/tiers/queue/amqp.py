@@ -146,6 +146,13 @@ class Broker:
             message, routing_key=routing_key, timeout=PUBLISH_TIMEOUT_SECONDS
         )
 
+    async def count(self, name: str) -> int:
+        """Messages ready in queue ``name``, as the broker counts them now (a robust
+        channel would answer a passive declare from its cache)."""
+        channel = await (await self.publisher()).get_underlay_channel()
+        declared = await channel.queue_declare(name, passive=True)
+        return int(declared.message_count or 0)
+
     async def retry_queue(self, seconds: int) -> str:
         name = RETRY.format(seconds=seconds)
         if seconds not in self._retry_queues:
@@ -410,7 +417,7 @@ class AmqpQueue:
             return len(ids)
         wanted = {str(i) for i in ids}
         seen = 0
-        limit = int(dead.declaration_result.message_count or 0)
+        limit = await self.broker.count(DEAD)
         while seen < limit:  # look through the queue once; put the others back
             message = await dead.get(no_ack=False, fail=False, timeout=5)
             if message is None:
@@ -431,14 +438,10 @@ class AmqpQueue:
 
     async def dead_letters(self) -> int:
         """Messages in the dead-letter queue (the broker's count)."""
-        channel = await self.broker.publisher()
-        dead = await channel.declare_queue(DEAD, passive=True)
-        return int(dead.declaration_result.message_count or 0)
+        return await self.broker.count(DEAD)
 
     async def depth(self) -> int:
-        channel = await self.broker.publisher()
-        queue = await channel.declare_queue(JOBS, passive=True)
-        return int(queue.declaration_result.message_count or 0)
+        return await self.broker.count(JOBS)
 
     async def wait_for_work(self, seconds: float) -> None:
         if not self._deliveries.empty():
