@@ -16,6 +16,7 @@ from picscale.observability.metrics import Metrics
 from picscale.settings import Settings
 from picscale.tiers.cache import Cache, create_cache
 from picscale.tiers.db import Database, create_database
+from picscale.tiers.events import JobEvents, create_job_events
 from picscale.tiers.queue import JobQueue, create_job_queue
 from picscale.tiers.sessions import SessionStore, create_session_store
 from picscale.tiers.storage import MediaStore, create_media_store
@@ -34,8 +35,10 @@ class Services:
     users: Users
     photos: Photos
     social: Social
+    events: JobEvents
 
     async def close(self) -> None:
+        await self.events.close()
         await self.queue.close()
         await self.cache.close()
         await self.db.dispose()
@@ -75,4 +78,5 @@ def build_services(settings: Settings, metrics: Metrics | None = None) -> Servic
         users=Users(db, cache, ids, throttle),
         photos=photos,
         social=Social(db, cache, photos, feed_ttl=settings.feed_cache_seconds),
+        events=create_job_events(settings, same_host=db.dialect == "sqlite"),
     )

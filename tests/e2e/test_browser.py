@@ -203,6 +203,8 @@ def test_upload_edit_follow_and_feed(server: Server, browser: Browser, tmp_path:
         expect(page.locator("#sharpen-out")).to_have_text("1.5")
 
         watch(page, "edit", "#job progress", "#job .job-status", "#job .error")
+        asked: list[str] = []
+        page.on("request", lambda r: asked.append(r.url))
         with page.expect_response(
             lambda r: r.request.method == "POST" and r.url.endswith(f"/p/{photo_id}/edits")
         ) as posted:
@@ -233,6 +235,9 @@ def test_upload_edit_follow_and_feed(server: Server, browser: Browser, tmp_path:
             re.match(r"Edit (queued|running): making version 2", s["text"]) for s in edit_states
         ), edit_states
         assert not any(s["selector"] == "#job .error" for s in edit_states), edit_states
+        # the progress came live from the job's event stream, not from polling
+        assert any(re.search(r"/api/v1/jobs/\d+/events$", url) for url in asked), asked
+        assert sum("/progress" in url for url in asked) <= 2, asked
     finally:
         context_a.close()
 

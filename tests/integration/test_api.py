@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 
@@ -268,3 +269,40 @@ def test_the_chain_of_edits_on_one_photo_is_bounded(server: Server) -> None:
     assert refused.status_code == 422
     assert "upload it as a new photo" in refused.json()["detail"]
     assert client.get(f"/api/v1/photos/{photo['id']}").json()["version"] == 6
+
+
+def job_events(client: httpx.Client, job_id: str) -> list[dict]:
+    """Every `status` event of a job's stream, until the server ends it."""
+    events: list[dict] = []
+    with client.stream("GET", f"/api/v1/jobs/{job_id}/events", timeout=60) as r:
+        assert r.status_code == 200, r.read()
+        assert r.headers["content-type"].startswith("text/event-stream")
+        kind = None
+        for line in r.iter_lines():
+            if line.startswith("event:"):
+                kind = line.split(":", 1)[1].strip()
+            elif line.startswith("data:") and kind == "status":
+                events.append(json.loads(line.split(":", 1)[1]))
+    return events
+
+
+def test_a_jobs_progress_streams_live_until_it_ends(server: Server) -> None:
+    client, _ = new_user(server)
+    photo = wait_ready(client, upload(client, image_bytes(400, 300))["id"])
+    job = client.post(
+        f"/api/v1/photos/{photo['id']}/edits",
+        json={"operations": [{"op": "blur", "sigma": 3}]},
+    ).json()
+    events = job_events(client, job["id"])  # returns only because the stream ended
+    assert events[-1]["status"] == "done" and events[-1]["version"] == 2
+    order = ["queued", "running", "done"]
+    seen = [order.index(e["status"]) for e in events]
+    assert seen == sorted(seen) and len(set(seen)) == len(seen)  # no repeats, no going back
+    assert all(e["id"] == job["id"] for e in events)
+    # a finished job: one event, then the end
+    assert [e["status"] for e in job_events(client, job["id"])] == ["done"]
+
+    other, _ = new_user(server)
+    assert other.get(f"/api/v1/jobs/{job['id']}/events").status_code == 404
+    anonymous = server.client().get(f"/api/v1/jobs/{job['id']}/events")
+    assert anonymous.status_code == 401 and "log in" in anonymous.json()["detail"]

@@ -331,3 +331,19 @@ def test_a_fill_that_raced_a_write_stores_nothing(redis_cache: RedisServer) -> N
     stored, after, again = asyncio.run(scenario())
     assert stored == {}
     assert (after, again) == ("new", "new")
+
+
+def test_job_progress_reaches_a_stream_on_the_other_server(pair: tuple[Server, Server]) -> None:
+    """The worker runs beside the first server; the stream is held by the second, woken
+    through Redis pub/sub."""
+    from test_api import job_events
+
+    first, second = pair
+    client, _ = new_user(first)
+    photo = wait_ready(client, upload(client, image_bytes(300, 200))["id"])
+    job = client.post(
+        f"/api/v1/photos/{photo['id']}/edits", json={"operations": [{"op": "sharpen", "sigma": 1}]}
+    ).json()
+    on_second = second.client(headers={"Authorization": client.headers["Authorization"]})
+    events = job_events(on_second, job["id"])
+    assert events[-1]["status"] == "done" and events[-1]["version"] == 2

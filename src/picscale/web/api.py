@@ -1,12 +1,16 @@
 """The JSON API for mobile clients (and the browser's upload and edit scripts)."""
 
+import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+import msgspec
 from litestar import Request, Response, Router, delete, get, patch, post, put
 from litestar.datastructures import UploadFile
 from litestar.enums import RequestEncodingType
 from litestar.params import Body, Parameter
+from litestar.response import ServerSentEvent, ServerSentEventMessage
 from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 
 from picscale.domain.errors import NotFound
@@ -41,6 +45,9 @@ from picscale.web.schemas import (
 Cursor = Annotated[
     str | None, Parameter(description="next_cursor from the previous page", max_length=32)
 ]
+
+JOB_STREAM_SECONDS = 600.0  # a stream ends after this; EventSource reconnects
+JOB_RECHECK_SECONDS = 5.0  # re-read the job at least this often, event or not
 
 
 def parse_id(raw: str, what: str) -> int:
@@ -190,6 +197,37 @@ def build_api(settings: Settings) -> Router:
         user = await current_user(request)
         return JobOut.of(await services_of(request).photos.job(parse_id(job_id, "job"), user))
 
+    @get(
+        "/jobs/{job_id:str}/events",
+        summary="A job's progress, live (Server-Sent Events)",
+        description=(
+            "An `event: status` message with the job (as `GET /jobs/{id}`) now and on every "
+            "change; the stream ends after `done` or `failed` (or after ten minutes: "
+            "reconnect)."
+        ),
+    )
+    async def job_events(request: Request[Any, Any, Any], job_id: str) -> ServerSentEvent:
+        user = await current_user(request)
+        services = services_of(request)
+        ident = parse_id(job_id, "job")
+        first = await services.photos.job(ident, user)  # someone else's job: 404 here
+
+        async def stream() -> AsyncIterator[ServerSentEventMessage]:
+            job, last, sent = first, None, 0
+            deadline = time.monotonic() + JOB_STREAM_SECONDS
+            while True:
+                state = (job.status, job.attempts, job.version, job.error)
+                if state != last:
+                    last, sent = state, sent + 1
+                    body = msgspec.json.encode(JobOut.of(job)).decode()
+                    yield ServerSentEventMessage(data=body, event="status", id=sent)
+                if job.status in ("done", "failed") or time.monotonic() > deadline:
+                    return
+                await services.events.wait(ident, JOB_RECHECK_SECONDS)
+                job = await services.photos.job(ident, user)
+
+        return ServerSentEvent(stream(), headers={"Cache-Control": "no-store"})
+
     @get("/feed", summary="Home feed: your photos and those of people you follow")
     async def feed(
         request: Request[Any, Any, Any],
@@ -217,6 +255,7 @@ def build_api(settings: Settings) -> Router:
                 delete_photo,
                 edit,
                 job,
+                job_events,
                 feed,
             ]
         ),

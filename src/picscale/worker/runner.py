@@ -193,6 +193,7 @@ class Worker:
             waited = (utcnow() - job.queued_at).total_seconds()
             metrics.job_queueing_delay.labels(job.kind).observe(max(0.0, waited))
         heartbeat = asyncio.create_task(self._heartbeat(job))
+        await self.services.events.notify(job.id)  # running: streams of this job update
         start = time.perf_counter()
         outcome = "done"
         try:
@@ -223,6 +224,7 @@ class Worker:
             heartbeat.cancel()
             self.running.discard(job.id)
             metrics.jobs_in_flight.dec()
+            await self.services.events.notify(job.id)
             label = {"dead": "failed", "failed": "retry"}.get(outcome, outcome)
             metrics.jobs.labels(job.kind, label).inc()
             metrics.job_duration.labels(job.kind).observe(time.perf_counter() - start)
