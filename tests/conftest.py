@@ -1,5 +1,6 @@
 """Shared fixtures: one real `picscale serve` per test module that asks for it, on the
-embedded SQLite database and on a real PostgreSQL server."""
+embedded SQLite database, on a real PostgreSQL server, and with its jobs on a real
+RabbitMQ."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def rabbitmq() -> Iterator[RabbitServer]:
     broker.close()
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+@pytest.fixture(scope="module", params=["sqlite", "postgresql", "rabbitmq"])
 def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
@@ -41,6 +42,9 @@ def server(
     if request.param == "postgresql":
         pg: PostgresServer = request.getfixturevalue("postgres")
         settings["database_url"] = pg.url
+    if request.param == "rabbitmq":  # SQLite, with the jobs on a real broker
+        broker: RabbitServer = request.getfixturevalue("rabbitmq")
+        settings["queue_url"] = broker.url
     srv = start_server(tmp_path_factory.mktemp("picscale"), job_workers=1, **settings)
     yield srv
     srv.close()
