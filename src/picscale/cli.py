@@ -155,7 +155,7 @@ class Supervisor:
                 if worker.poll() is not None and not self.stopping:
                     click.echo(
                         f"job worker {worker.pid} exited with code {worker.returncode}; "
-                        "starting another (its jobs return to the queue when leases expire)",
+                        "starting another (its unfinished jobs go back to the queue)",
                         err=True,
                     )
                     self._mark_dead(worker.pid)

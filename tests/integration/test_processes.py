@@ -181,3 +181,32 @@ def test_request_id_on_every_line_and_on_the_job(tmp_path: Path) -> None:
         assert {"web", "worker"} <= processes  # the request and the job it queued
         assert any(e["event"] == "request" and e["status"] == 201 for e in tagged)
         assert all("timestamp" in e and "level" in e for e in lines())
+
+
+@pytest.mark.parametrize("backend", ["lease", "amqp"])
+def test_sigterm_lets_the_running_job_finish(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    """A worker told to stop mid-job finishes that job (one attempt), then exits 0."""
+    queue_url = "lease://"
+    if backend == "amqp":
+        queue_url = request.getfixturevalue("rabbitmq").url
+    with running_server(tmp_path, job_workers=0, queue_url=queue_url) as server:
+        db = tmp_path / "picscale.db"
+        env = base_env(tmp_path, queue_url=queue_url)
+        worker = start_process(["worker"], env, tmp_path / "worker.log")
+        try:
+            client, _ = new_user(server)
+            photo = wait_ready(client, upload(client, _slow_jpeg())["id"])
+            job = client.post(
+                f"/api/v1/photos/{photo['id']}/edits",
+                json={"operations": [{"op": "blur", "sigma": 40}, {"op": "blur", "sigma": 40}]},
+            ).json()
+            wait_until(lambda: _job_row(db, job["id"])[0] == "running", what="the edit to start")
+            os.killpg(worker.pid, signal.SIGTERM)
+            assert worker.proc.wait(timeout=60) == 0
+            status, attempts, _ = _job_row(db, job["id"])
+            assert (status, attempts) == ("done", 1)  # finished by the stopping worker
+            assert _versions(db, photo["id"]) == [1, 2]
+        finally:
+            worker.stop()

@@ -44,9 +44,12 @@ def _render_in_child(source: bytes, operations: list[Operation], max_pixels: int
 
 
 def _child_init() -> None:
-    # the pool's processes leave signals to the worker that owns them
+    # the pool's processes leave signals to the worker that owns them: a SIGTERM sent to
+    # the whole process group (systemd, Ctrl-C) must not kill the jobs it lets finish;
+    # the worker ends its pool when it stops, and a pool process whose worker died
+    # exits when its task pipe closes
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     configure_vips()
 
 

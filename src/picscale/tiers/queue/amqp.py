@@ -295,7 +295,13 @@ class AmqpQueue:
                 message = self._deliveries.get_nowait()
             except asyncio.QueueEmpty:
                 return None
-            job = await self._start(message, owner)
+            try:
+                job = await self._start(message, owner)
+            except BaseException:
+                # the database did not answer: the message goes back for another try
+                with contextlib.suppress(Exception):
+                    await message.nack(requeue=True)
+                raise
             if job is not None:
                 return job
 
