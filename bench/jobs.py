@@ -1,5 +1,9 @@
 """The job queue: throughput per worker, queueing delay, scaling, and jobs lost to SIGKILL.
 
+(Named jobs.py, not queue.py: Python puts a script's directory first on the import path,
+and a bench/queue.py would stand in for the standard library's `queue` in every script
+here, redis-py's imports included.)
+
 For each backend (the SQLite lease table, and RabbitMQ started here):
 
 1. throughput: a batch of photos is uploaded with no worker running (each upload queues
@@ -13,7 +17,7 @@ For each backend (the SQLite lease table, and RabbitMQ started here):
    (with its process pool) every 5 s and replaced; then the queue drains. Lost = jobs
    that never finished; redone = jobs that needed more than one attempt.
 
-    uv run --frozen python bench/queue.py [--jobs 120] [--steady 20] [--kill-for 60]
+    uv run --frozen python bench/jobs.py [--jobs 120] [--steady 20] [--kill-for 60]
 """
 
 from __future__ import annotations
@@ -24,10 +28,9 @@ import sys
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
-# this file has the standard library's `queue` for a name: keep its directory off the
-# front of the import path (where Python puts it), and look there last
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH_DIR]
-sys.path.extend([str(BENCH_DIR), str(BENCH_DIR.parent / "tests")])
+for extra in (BENCH_DIR, BENCH_DIR.parent / "tests"):
+    if str(extra) not in sys.path:
+        sys.path.insert(0, str(extra))
 
 import json  # noqa: E402
 import os  # noqa: E402
