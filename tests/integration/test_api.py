@@ -306,3 +306,44 @@ def test_a_jobs_progress_streams_live_until_it_ends(server: Server) -> None:
     assert other.get(f"/api/v1/jobs/{job['id']}/events").status_code == 404
     anonymous = server.client().get(f"/api/v1/jobs/{job['id']}/events")
     assert anonymous.status_code == 401 and "log in" in anonymous.json()["detail"]
+
+
+def test_media_is_cdn_correct_revalidates_and_serves_ranges(server: Server) -> None:
+    client, _ = new_user(server)
+    photo = wait_ready(client, upload(client, image_bytes(300, 200))["id"])
+    url = server.url + photo["urls"]["large"]
+    full = httpx.get(url)
+    assert full.status_code == 200 and full.headers["content-type"] == "image/jpeg"
+    body, etag = full.content, full.headers["etag"]
+    assert full.headers["cache-control"] == "public, max-age=31536000, immutable"
+    assert full.headers["x-content-type-options"] == "nosniff"
+    assert full.headers["accept-ranges"] == "bytes"
+    me = client.get("/api/v1/me").json()
+    tags = {f"photo-{photo['id']}", f"user-{me['id']}"}  # what an edge purges by
+    assert set(full.headers["xkey"].split()) == tags
+    assert set(full.headers["surrogate-key"].split()) == tags
+
+    for sent in (etag, f'"other", {etag}', f"W/{etag}", "*"):
+        again = httpx.get(url, headers={"If-None-Match": sent})
+        assert again.status_code == 304 and again.content == b"", sent
+        assert again.headers["etag"] == etag
+    assert httpx.get(url, headers={"If-None-Match": '"stale"'}).status_code == 200
+
+    size = len(body)
+    cases = {"bytes=0-9": (0, 9), "bytes=10-": (10, size - 1), "bytes=-5": (size - 5, size - 1)}
+    for sent, (first, last) in cases.items():
+        part = httpx.get(url, headers={"Range": sent})
+        assert part.status_code == 206, sent
+        assert part.content == body[first : last + 1], sent
+        assert part.headers["content-range"] == f"bytes {first}-{last}/{size}"
+    beyond = httpx.get(url, headers={"Range": f"bytes={size}-"})
+    assert beyond.status_code == 416 and beyond.headers["content-range"] == f"bytes */{size}"
+    # several ranges, another unit, or an If-Range that no longer matches: the whole file
+    for headers in (
+        {"Range": "bytes=0-1,5-6"},
+        {"Range": "items=0-1"},
+        {"Range": "bytes=0-9", "If-Range": '"old"'},
+    ):
+        whole = httpx.get(url, headers=headers)
+        assert whole.status_code == 200 and whole.content == body, headers
+    assert httpx.get(url, headers={"Range": "bytes=0-9", "If-Range": etag}).status_code == 206

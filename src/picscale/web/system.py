@@ -34,20 +34,72 @@ async def media(
     fmt = ImageFormat.from_extension(f_match.group(2))
     assert fmt is not None
     key = variant_key(int(photo_id), int(v_match.group(1)), f_match.group(1), fmt.extension)
+    services = services_of(request)
+    photo = await services.photos.get(int(photo_id))
+    if photo is None:
+        raise NotFound("no such media (the photo may have been deleted)")
     try:
-        data = await services_of(request).storage.get(key)
+        data = await services.storage.get(key)
     except MediaNotFound:
         raise NotFound("no such media (the photo may have been deleted)") from None
     etag = '"' + hashlib.blake2b(data, digest_size=16).hexdigest() + '"'
+    tags = f"photo-{photo.id} user-{photo.owner_id}"
     headers = {
         "Cache-Control": IMMUTABLE,
         "ETag": etag,
+        "Accept-Ranges": "bytes",
         "X-Content-Type-Options": "nosniff",
         "Content-Security-Policy": "default-src 'none'",
+        # what an edge purges by: this photo, or everything of its owner
+        "xkey": tags,
+        "Surrogate-Key": tags,
     }
-    if request.headers.get("if-none-match") == etag:
+    if _matches(request.headers.get("if-none-match"), etag):
         return Response(b"", status_code=304, headers=headers)
+    wanted = request.headers.get("range")
+    if wanted is not None and _matches(request.headers.get("if-range", etag), etag):
+        span = _byte_range(wanted, len(data))
+        if span is None:  # unsatisfiable
+            headers["Content-Range"] = f"bytes */{len(data)}"
+            return Response(b"", status_code=416, headers=headers)
+        if span != (0, len(data) - 1):
+            first, last = span
+            headers["Content-Range"] = f"bytes {first}-{last}/{len(data)}"
+            return Response(
+                data[first : last + 1],
+                status_code=206,
+                media_type=fmt.content_type,
+                headers=headers,
+            )
     return Response(data, media_type=fmt.content_type, headers=headers)
+
+
+def _matches(header: str | None, etag: str) -> bool:
+    """``If-None-Match`` / ``If-Range``: a list of tags, weak ones compared weakly, or *."""
+    if not header:
+        return False
+    tags = [t.strip().removeprefix("W/") for t in header.split(",")]
+    return "*" in tags or etag in tags
+
+
+def _byte_range(header: str, size: int) -> tuple[int, int] | None:
+    """The one range of ``bytes=a-b``, ``bytes=a-`` or ``bytes=-n`` as (first, last);
+    the whole file for what this does not serve (several ranges, other units); None when
+    no byte of it exists (416)."""
+    unit, _, spec = header.partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return (0, size - 1)
+    start, dash, end = spec.strip().partition("-")
+    if not dash or not (start.isdigit() or end.isdigit()):
+        return (0, size - 1)
+    if not start:  # the last n bytes
+        n = int(end)
+        return None if n == 0 or size == 0 else (max(0, size - n), size - 1)
+    first = int(start)
+    last = int(end) if end.isdigit() else size - 1
+    if first >= size or last < first:
+        return None if first >= size else (0, size - 1)
+    return first, min(last, size - 1)
 
 
 @get("/healthz", summary="Alive", tags=["ops"])
