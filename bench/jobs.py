@@ -230,7 +230,16 @@ def kill_drill(
         for proc in procs:
             proc.stop()
     rows = job_rows(data, ids)
-    lost = sum(1 for j in ids if j not in rows or rows[j][0] != "done")
+    lost_ids = [j for j in ids if j not in rows or rows[j][0] != "done"]
+    lost = len(lost_ids)
+    if lost_ids:
+        with sqlite3.connect(data / "picscale.db") as conn:
+            for j in lost_ids:
+                row = conn.execute(
+                    "SELECT status, attempts, lease_owner, last_error FROM jobs WHERE id = ?",
+                    (int(j),),
+                ).fetchone()
+                log(f"not done: job {j}: {row}")
     redone = sum(1 for j in ids if j in rows and rows[j][1] > 1)
     return len(ids), lost, redone, kills
 
@@ -240,12 +249,16 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=120, help="jobs per throughput batch")
     parser.add_argument("--steady", type=float, default=20.0, help="seconds of steady load")
     parser.add_argument("--kill-for", type=float, default=60.0, help="seconds of SIGKILLs")
+    parser.add_argument("--only", choices=["lease", "amqp"], help="one backend")
     args = parser.parse_args()
     photo = make_photo()
     rabbit = start_rabbitmq()
     results = {}
     try:
-        for label, queue_url in (("SQLite lease", "lease://"), ("RabbitMQ", rabbit.url)):
+        backends = [("SQLite lease", "lease://"), ("RabbitMQ", rabbit.url)]
+        if args.only:
+            backends = [b for b in backends if b[1].startswith(args.only)]
+        for label, queue_url in backends:
             with tempfile.TemporaryDirectory(prefix="picscale-bench-") as tmp:
                 data = Path(tmp) / "data"
                 os.environ["PICSCALE_BENCH_DATA"] = str(data)
