@@ -37,7 +37,14 @@ from sqlalchemy import and_, select, update
 from picscale.tiers.db import Database, WriteTx
 from picscale.tiers.db.schema import jobs, utcnow
 from picscale.tiers.queue.dead import count_dead, delete_dead, list_dead, requeue_dead
-from picscale.tiers.queue.port import ClaimedJob, DeadJob, NewJob, traced
+from picscale.tiers.queue.port import (
+    CLAIMED_COLUMNS,
+    ClaimedJob,
+    DeadJob,
+    NewJob,
+    claimed,
+    traced,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -323,34 +330,14 @@ class AmqpQueue:
                         lease_owner=owner,
                         updated_at=now,
                     )
-                    .returning(
-                        jobs.c.id,
-                        jobs.c.kind,
-                        jobs.c.payload,
-                        jobs.c.photo_id,
-                        jobs.c.owner_id,
-                        jobs.c.attempts,
-                        jobs.c.max_attempts,
-                        jobs.c.available_at,
-                    )
+                    .returning(*CLAIMED_COLUMNS)
                 )
             ).first()
         if row is None:  # done or dead already (a duplicate delivery), or never committed
             log.info("job_duplicate_skipped", job_id=str(job_id))
             await message.ack()
             return None
-        job = ClaimedJob(
-            id=row.id,
-            kind=row.kind,
-            payload=dict(row.payload),
-            photo_id=row.photo_id,
-            owner_id=row.owner_id,
-            attempts=row.attempts,
-            max_attempts=row.max_attempts,
-            lease_owner=owner,
-            queued_at=row.available_at,
-            extra={"message": message},
-        )
+        job = claimed(row, owner, message=message)
         if row.attempts > row.max_attempts:
             # redelivered after crashes beyond the limit: it never got to fail properly
             await self.fail(job, "the job's worker died on every attempt", permanent=True)

@@ -21,7 +21,14 @@ from picscale.tiers.db import Database, WriteTx
 from picscale.tiers.db.schema import jobs, utcnow
 from picscale.tiers.epoch import EpochFile
 from picscale.tiers.queue.dead import count_dead, delete_dead, list_dead, requeue_dead
-from picscale.tiers.queue.port import ClaimedJob, DeadJob, NewJob, traced
+from picscale.tiers.queue.port import (
+    CLAIMED_COLUMNS,
+    ClaimedJob,
+    DeadJob,
+    NewJob,
+    claimed,
+    traced,
+)
 
 BACKOFF_BASE_SECONDS = 1.0
 BACKOFF_MAX_SECONDS = 300.0
@@ -100,32 +107,13 @@ class LeaseQueue:
                 lease_owner=owner,
                 updated_at=now,
             )
-            .returning(
-                jobs.c.id,
-                jobs.c.kind,
-                jobs.c.payload,
-                jobs.c.photo_id,
-                jobs.c.owner_id,
-                jobs.c.attempts,
-                jobs.c.max_attempts,
-                jobs.c.available_at,
-            )
+            .returning(*CLAIMED_COLUMNS)
         )
         async with self._db.write() as tx:
             row = (await tx.conn.execute(stmt)).first()
         if row is None:
             return None
-        return ClaimedJob(
-            id=row.id,
-            kind=row.kind,
-            payload=dict(row.payload),
-            photo_id=row.photo_id,
-            owner_id=row.owner_id,
-            attempts=row.attempts,
-            max_attempts=row.max_attempts,
-            lease_owner=owner,
-            queued_at=row.available_at,
-        )
+        return claimed(row, owner)
 
     async def _bury_expired(self, now: Any) -> None:
         """Jobs whose last allowed attempt lost its lease will never be claimed: end them."""

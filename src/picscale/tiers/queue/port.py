@@ -15,6 +15,7 @@ import structlog
 
 from picscale.settings import Settings, SettingsError
 from picscale.tiers.db import Database, WriteTx, current_context
+from picscale.tiers.db.schema import jobs
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +48,35 @@ class ClaimedJob:
     lease_owner: str
     queued_at: datetime | None = None  # when it was queued or last became due
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+# what a claim reads back of the job it takes (``claimed``), on every backend
+CLAIMED_COLUMNS = (
+    jobs.c.id,
+    jobs.c.kind,
+    jobs.c.payload,
+    jobs.c.photo_id,
+    jobs.c.owner_id,
+    jobs.c.attempts,
+    jobs.c.max_attempts,
+    jobs.c.available_at,
+)
+
+
+def claimed(row: Any, owner: str, **extra: Any) -> ClaimedJob:
+    """The job a claim took, from a row of ``CLAIMED_COLUMNS``."""
+    return ClaimedJob(
+        id=row.id,
+        kind=row.kind,
+        payload=dict(row.payload),
+        photo_id=row.photo_id,
+        owner_id=row.owner_id,
+        attempts=row.attempts,
+        max_attempts=row.max_attempts,
+        lease_owner=owner,
+        queued_at=row.available_at,
+        extra=extra,
+    )
 
 
 def traced(payload: dict[str, Any]) -> dict[str, Any]:
