@@ -43,6 +43,7 @@ from picscale.tiers.queue.port import (
     DeadJob,
     NewJob,
     claimed,
+    insert_job,
     traced,
 )
 
@@ -201,26 +202,9 @@ class AmqpQueue:
     # -- producing ---------------------------------------------------------------------
 
     async def enqueue(self, tx: WriteTx, job: NewJob) -> None:
-        from sqlalchemy import insert
-
-        now = utcnow()
         payload = traced(job.payload)
-        await tx.conn.execute(
-            insert(jobs).values(
-                id=job.id,
-                kind=job.kind,
-                payload=payload,
-                photo_id=job.photo_id,
-                owner_id=job.owner_id,
-                status="queued",
-                attempts=0,
-                max_attempts=self._max_attempts,
-                available_at=now,
-                created_at=now,
-                updated_at=now,
-                published_at=None,  # the outbox: published after the commit
-            )
-        )
+        # the outbox: published after the commit
+        await insert_job(tx, job, payload, max_attempts=self._max_attempts, published=False)
         body = encode(job.id, job.kind, payload, job.photo_id, job.owner_id)
 
         async def publish() -> None:
@@ -428,10 +412,6 @@ class AmqpQueue:
         dead = await channel.declare_queue(DEAD, passive=True)
         await dead.purge()
         return count
-
-    async def dead_letters(self) -> int:
-        """Messages in the dead-letter queue (the broker's count)."""
-        return await self.broker.count(DEAD)
 
     async def depth(self) -> int:
         return await self.broker.count(JOBS)

@@ -15,7 +15,7 @@ import time
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 
 from picscale.tiers.db import Database, WriteTx
 from picscale.tiers.db.schema import jobs, utcnow
@@ -27,6 +27,7 @@ from picscale.tiers.queue.port import (
     DeadJob,
     NewJob,
     claimed,
+    insert_job,
     traced,
 )
 
@@ -56,23 +57,9 @@ class LeaseQueue:
         self._last_sweep = 0.0
 
     async def enqueue(self, tx: WriteTx, job: NewJob) -> None:
-        now = utcnow()
-        await tx.conn.execute(
-            insert(jobs).values(
-                id=job.id,
-                kind=job.kind,
-                payload=traced(job.payload),
-                photo_id=job.photo_id,
-                owner_id=job.owner_id,
-                status="queued",
-                attempts=0,
-                max_attempts=self._max_attempts,
-                available_at=now,
-                created_at=now,
-                updated_at=now,
-                published_at=now,  # the table is the queue: nothing to relay
-            )
-        )
+        # the table is the queue: nothing to relay
+        payload = traced(job.payload)
+        await insert_job(tx, job, payload, max_attempts=self._max_attempts, published=True)
         if self._wakeup is not None:
             wakeup = self._wakeup
 

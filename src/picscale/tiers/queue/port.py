@@ -12,10 +12,11 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import structlog
+from sqlalchemy import insert
 
 from picscale.settings import Settings, SettingsError
 from picscale.tiers.db import Database, WriteTx, current_context
-from picscale.tiers.db.schema import jobs
+from picscale.tiers.db.schema import jobs, utcnow
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +77,30 @@ def claimed(row: Any, owner: str, **extra: Any) -> ClaimedJob:
         lease_owner=owner,
         queued_at=row.available_at,
         extra=extra,
+    )
+
+
+async def insert_job(
+    tx: WriteTx, job: NewJob, payload: dict[str, Any], *, max_attempts: int, published: bool
+) -> None:
+    """The ``jobs`` row of a newly queued job, in the transaction that needs it;
+    ``published`` False leaves it in the outbox for a broker backend."""
+    now = utcnow()
+    await tx.conn.execute(
+        insert(jobs).values(
+            id=job.id,
+            kind=job.kind,
+            payload=payload,
+            photo_id=job.photo_id,
+            owner_id=job.owner_id,
+            status="queued",
+            attempts=0,
+            max_attempts=max_attempts,
+            available_at=now,
+            created_at=now,
+            updated_at=now,
+            published_at=now if published else None,
+        )
     )
 
 
