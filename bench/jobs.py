@@ -18,6 +18,7 @@ For each backend (the SQLite lease table, and RabbitMQ started here):
    that never finished; redone = jobs that needed more than one attempt.
 
     uv run --frozen python bench/jobs.py [--jobs 120] [--steady 20] [--kill-for 60]
+                                         [--vips-threads 1]
 """
 
 from __future__ import annotations
@@ -68,12 +69,16 @@ def make_photo() -> bytes:
     return bytes(image.jpegsave_buffer(Q=85))
 
 
+VIPS_THREADS = {"value": 1}  # --vips-threads
+
+
 def worker_env(data: Path, queue_url: str) -> dict[str, str]:
     return clean_env(
         PICSCALE_DATA_DIR=str(data),
         PICSCALE_QUEUE_URL=queue_url,
         PICSCALE_LOG_LEVEL="info",
         PICSCALE_JOB_LEASE_SECONDS=str(LEASE_SECONDS),
+        PICSCALE_VIPS_THREADS=str(VIPS_THREADS["value"]),
     )
 
 
@@ -250,7 +255,11 @@ def main() -> None:
     parser.add_argument("--steady", type=float, default=20.0, help="seconds of steady load")
     parser.add_argument("--kill-for", type=float, default=60.0, help="seconds of SIGKILLs")
     parser.add_argument("--only", choices=["lease", "amqp"], help="one backend")
+    parser.add_argument(
+        "--vips-threads", type=int, default=1, help="PICSCALE_VIPS_THREADS of the workers"
+    )
     args = parser.parse_args()
+    VIPS_THREADS["value"] = args.vips_threads
     photo = make_photo()
     rabbit = start_rabbitmq()
     results = {}
@@ -281,7 +290,8 @@ def main() -> None:
         rabbit.close()
     print(
         f"thumbnail jobs (large + thumb of a {WIDTH}x{HEIGHT} JPEG), {args.jobs} per batch, "
-        f"`picscale worker --concurrency 1` processes; {machine_note()}"
+        f"`picscale worker --concurrency 1` processes, {args.vips_threads} libvips "
+        f"thread(s) each; {machine_note()}"
     )
     print(
         f"{'backend':<14}{'1 worker/s':>11}{'2 workers/s':>12}{'2 over 1':>9}"

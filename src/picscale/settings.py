@@ -60,9 +60,11 @@ class Settings:
     # jobs
     job_concurrency: int = 2
     job_lease_seconds: float = 30.0
-    job_max_attempts: int = 5
+    job_max_attempts: int = 5  # failures a job may report before it is dead
+    job_max_crashes: int = 10  # worker deaths while running it before it is dead
     job_poll_seconds: float = 1.0  # same-host workers are woken at once by a queued job
     job_time_limit_seconds: float = 120.0
+    vips_threads: int = 1  # threads per image pipeline; processes give the parallelism
     # picscale worker --autoscale MIN:MAX
     autoscale_jobs_per_worker: int = 10  # queued jobs one worker process is meant to face
     autoscale_up_samples: int = 2  # readings in a row that want more before growing

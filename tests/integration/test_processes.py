@@ -96,12 +96,13 @@ def _versions(db: Path, photo_id: str) -> list[int]:
     return [r[0] for r in rows]
 
 
-def _job_row(db: Path, job_id: str) -> tuple[str, int, str | None]:
+def _job_row(db: Path, job_id: str) -> tuple[str, int, str | None, int]:
     with sqlite3.connect(db) as conn:
         row = conn.execute(
-            "SELECT status, attempts, lease_owner FROM jobs WHERE id = ?", (int(job_id),)
+            "SELECT status, attempts, lease_owner, crashes FROM jobs WHERE id = ?",
+            (int(job_id),),
         ).fetchone()
-    return row[0], row[1], row[2]
+    return row[0], row[1], row[2], row[3]
 
 
 @pytest.mark.parametrize("backend", ["lease", "amqp"])
@@ -128,7 +129,7 @@ def test_worker_killed_mid_job_the_job_completes_once(
             ).json()
 
             def running() -> bool:
-                status, attempts, owner = _job_row(db, job["id"])
+                status, attempts, owner, _ = _job_row(db, job["id"])
                 return status == "running" and attempts == 1 and owner is not None
 
             wait_until(running, timeout=30, what="the worker to claim the edit")
@@ -144,8 +145,9 @@ def test_worker_killed_mid_job_the_job_completes_once(
         try:
             done = wait_job(client, job["id"])
             assert done["status"] == "done" and done["version"] == 2
-            status, attempts, _ = _job_row(db, job["id"])
-            assert (status, attempts) == ("done", 2)  # a second delivery finished it
+            status, attempts, _, crashes = _job_row(db, job["id"])
+            # a second delivery finished it: the same attempt, after one crash
+            assert (status, attempts, crashes) == ("done", 1, 1)
             assert _versions(db, photo["id"]) == [1, 2]  # exactly one new version
             current = client.get(f"/api/v1/photos/{photo['id']}").json()
             assert current["version"] == 2
@@ -205,8 +207,8 @@ def test_sigterm_lets_the_running_job_finish(
             wait_until(lambda: _job_row(db, job["id"])[0] == "running", what="the edit to start")
             os.killpg(worker.pid, signal.SIGTERM)
             assert worker.proc.wait(timeout=60) == 0
-            status, attempts, _ = _job_row(db, job["id"])
-            assert (status, attempts) == ("done", 1)  # finished by the stopping worker
+            status, attempts, _, crashes = _job_row(db, job["id"])
+            assert (status, attempts, crashes) == ("done", 1, 0)  # finished by the stopping worker
             assert _versions(db, photo["id"]) == [1, 2]
         finally:
             worker.stop()

@@ -46,7 +46,7 @@ async def make_due(db: Database, job_id: int) -> None:
 
 
 async def test_claim_is_exclusive_and_complete_is_transactional(db: Database) -> None:
-    queue = LeaseQueue(db, lease_seconds=30, max_attempts=3)
+    queue = LeaseQueue(db, lease_seconds=30, max_attempts=3, max_crashes=3)
     await enqueue(db, queue, 1)
     assert await queue.depth() == 1
     job = await queue.claim("w1")
@@ -60,7 +60,7 @@ async def test_claim_is_exclusive_and_complete_is_transactional(db: Database) ->
 
 
 async def test_rollback_leaves_no_job(db: Database) -> None:
-    queue = LeaseQueue(db, lease_seconds=30, max_attempts=3)
+    queue = LeaseQueue(db, lease_seconds=30, max_attempts=3, max_crashes=3)
 
     async def failing_write() -> None:
         async with db.write() as tx:
@@ -73,7 +73,7 @@ async def test_rollback_leaves_no_job(db: Database) -> None:
 
 
 async def test_failures_back_off_then_go_dead(db: Database) -> None:
-    queue = LeaseQueue(db, lease_seconds=30, max_attempts=2)
+    queue = LeaseQueue(db, lease_seconds=30, max_attempts=2, max_crashes=3)
     await enqueue(db, queue, 2)
     job = await queue.claim("w")
     assert job is not None
@@ -92,7 +92,7 @@ async def test_failures_back_off_then_go_dead(db: Database) -> None:
 
 
 async def test_expired_lease_returns_the_job(db: Database) -> None:
-    queue = LeaseQueue(db, lease_seconds=30, max_attempts=3)
+    queue = LeaseQueue(db, lease_seconds=30, max_attempts=3, max_crashes=3)
     await enqueue(db, queue, 3)
     lost = await queue.claim("dead-worker")
     assert lost is not None
@@ -101,18 +101,63 @@ async def test_expired_lease_returns_the_job(db: Database) -> None:
             update(jobs).where(jobs.c.id == 3).values(lease_until=utcnow() - timedelta(seconds=1))
         )
     taken = await queue.claim("w2")
-    assert taken is not None and taken.id == 3 and taken.attempts == 2
+    # the same attempt, resumed: a worker's death is counted as a crash, not a failure
+    assert taken is not None and taken.id == 3 and (taken.attempts, taken.crashes) == (1, 1)
     assert not await queue.extend(lost)  # the old owner can no longer renew or finish it
     assert await queue.fail(lost, "late") == "failed"
     assert (await row(db, 3))["lease_owner"] == "w2"
 
 
+async def expire(db: Database, job_id: int) -> None:
+    async with db.write() as tx:
+        await tx.conn.execute(
+            update(jobs)
+            .where(jobs.c.id == job_id)
+            .values(lease_until=utcnow() - timedelta(seconds=1))
+        )
+
+
+async def test_crashes_have_their_own_limit(db: Database) -> None:
+    """A job whose workers keep dying (killed by a deploy, say) keeps its attempts for
+    real failures; a job that kills every worker is dead after ``max_crashes``."""
+    queue = LeaseQueue(db, lease_seconds=30, max_attempts=2, max_crashes=3)
+    await enqueue(db, queue, 4)
+    first = await queue.claim("w0")
+    assert first is not None
+    for n in range(1, 4):  # three workers die under it; each death is one crash
+        await expire(db, 4)
+        job = await queue.claim(f"w{n}")
+        assert job is not None and (job.attempts, job.crashes) == (1, n)
+    # after a crash the job can still fail and retry as usual
+    assert await queue.fail(job, "boom") == "failed"
+    await make_due(db, 4)
+    again = await queue.claim("w4")
+    assert again is not None and (again.attempts, again.crashes) == (2, 3)
+    # a fourth death is one too many: not claimed again, buried by the next sweep
+    await expire(db, 4)
+    queue._last_sweep = 0.0  # the sweep runs at most once a second
+    assert await queue.claim("w5") is None
+    state = await row(db, 4)
+    assert state["status"] == "dead" and "died or hung 3 times" in state["last_error"]
+    assert await queue.retry_dead(4) == 1  # a retry starts both counts afresh
+    state = await row(db, 4)
+    assert (state["status"], state["attempts"], state["crashes"]) == ("queued", 0, 0)
+
+
 async def test_a_queued_job_wakes_waiting_workers(db: Database, tmp_path: Path) -> None:
     worker_side = LeaseQueue(
-        db, lease_seconds=30, max_attempts=3, wakeup=EpochFile(tmp_path / "queue-epoch")
+        db,
+        lease_seconds=30,
+        max_attempts=3,
+        max_crashes=3,
+        wakeup=EpochFile(tmp_path / "queue-epoch"),
     )
     web_side = LeaseQueue(
-        db, lease_seconds=30, max_attempts=3, wakeup=EpochFile(tmp_path / "queue-epoch")
+        db,
+        lease_seconds=30,
+        max_attempts=3,
+        max_crashes=3,
+        wakeup=EpochFile(tmp_path / "queue-epoch"),
     )
     waiting = asyncio.create_task(worker_side.wait_for_work(120))
     await enqueue(db, web_side, 9)

@@ -46,7 +46,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        configure_vips()  # uploads are probed in this process
+        configure_vips(settings.vips_threads)  # uploads are probed in this process
         built = services or build_services(settings, metrics)
         holder["services"] = built
         app.state.services = built

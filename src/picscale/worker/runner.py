@@ -15,7 +15,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -43,14 +43,28 @@ def _render_in_child(source: bytes, operations: list[Operation], max_pixels: int
     return render(source, operations, max_pixels=max_pixels)
 
 
-def _child_init() -> None:
+@contextlib.contextmanager
+def _group_signals_blocked() -> Iterator[None]:
+    """While a pool may start a process (it does so inside ``submit``): the new process
+    inherits a signal mask that blocks SIGTERM and SIGINT, so a signal sent to the worker's
+    process group cannot kill it while it is still starting, before its initializer has
+    set the signals aside. (Found as a pool that broke when SIGTERM met a starting child.)
+    Signals that arrive meanwhile reach the worker when the mask is restored."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _child_init(vips_threads: int) -> None:
     # the pool's processes leave signals to the worker that owns them: a SIGTERM sent to
     # the whole process group (systemd, Ctrl-C) must not kill the jobs it lets finish;
     # the worker ends its pool when it stops, and a pool process whose worker died
     # exits when its task pipe closes
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    configure_vips()
+    configure_vips(vips_threads)
 
 
 class Worker:
@@ -70,9 +84,11 @@ class Worker:
         assert self._pool is not None
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(
-                self._pool, _render_in_child, source, list(operations), max_pixels
-            )
+            with _group_signals_blocked():
+                rendered = loop.run_in_executor(
+                    self._pool, _render_in_child, source, list(operations), max_pixels
+                )
+            return await rendered
         except BrokenProcessPool:
             # a child died (killed, out of memory): a new pool for the next attempt
             log.error("process_pool_broken")
@@ -88,6 +104,7 @@ class Worker:
             max_workers=self.settings.job_concurrency,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_child_init,
+            initargs=(self.settings.vips_threads,),
         )
 
     async def _render_version(self, job: ClaimedJob) -> Any:
@@ -99,12 +116,12 @@ class Worker:
         concurrency = self.settings.job_concurrency
         self._pool = self._new_pool()
         # start the pool's processes now, not on the first job
-        await asyncio.gather(
-            *(
+        with _group_signals_blocked():
+            started = [
                 asyncio.get_running_loop().run_in_executor(self._pool, os.getpid)
                 for _ in range(concurrency)
-            )
-        )
+            ]
+        await asyncio.gather(*started)
         log.info("worker_started", worker=self.name, concurrency=concurrency)
         loops = [asyncio.create_task(self._claim_loop(stop)) for _ in range(concurrency)]
         sampler = asyncio.create_task(self._sample_depth(stop))
@@ -200,7 +217,12 @@ class Worker:
         start = time.perf_counter()
         outcome = "done"
         try:
-            log.info("job_started", attempt=job.attempts, max_attempts=job.max_attempts)
+            log.info(
+                "job_started",
+                attempt=job.attempts,
+                max_attempts=job.max_attempts,
+                crashes=job.crashes,
+            )
             handler = self._handlers.get(job.kind)
             if handler is None:
                 outcome = await queue.fail(job, f"no handler for kind {job.kind!r}", permanent=True)

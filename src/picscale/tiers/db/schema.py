@@ -140,6 +140,9 @@ jobs = Table(
     Column("status", String(16), nullable=False),
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("max_attempts", Integer, nullable=False),
+    # times its worker died under it (a lost lease, a redelivery): not held against the
+    # job's attempts, which count the failures it reported, but limited on their own
+    Column("crashes", Integer, nullable=False, server_default="0"),
     Column("available_at", UtcDateTime(), nullable=False),
     Column("lease_until", UtcDateTime(), nullable=True),
     Column("lease_owner", String(64), nullable=True),

@@ -42,6 +42,7 @@ from picscale.tiers.queue.port import (
     ClaimedJob,
     DeadJob,
     NewJob,
+    claim_counts,
     claimed,
     insert_job,
     traced,
@@ -184,12 +185,16 @@ class Broker:
 
 
 class AmqpQueue:
-    def __init__(self, db: Database, url: str, *, max_attempts: int, prefetch: int) -> None:
+    def __init__(
+        self, db: Database, url: str, *, max_attempts: int, max_crashes: int, prefetch: int
+    ) -> None:
         self._db = db
         self._max_attempts = max_attempts
+        self._max_crashes = max_crashes
         self._prefetch = max(1, prefetch)
-        # the broker's delivery limit backs up our own count: redeliveries after a crash
-        self.broker = Broker(url, delivery_limit=max_attempts + 1)
+        # the broker's delivery limit backs up our own count of crashes (redeliveries of a
+        # running job), with room for messages a stopping worker handed back unstarted
+        self.broker = Broker(url, delivery_limit=2 * max_crashes + 1)
         self._deliveries: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
         self._arrived = asyncio.Event()
         self._consumer: AbstractChannel | None = None
@@ -310,7 +315,7 @@ class AmqpQueue:
                     .where(jobs.c.id == job_id, jobs.c.status.in_(("queued", "failed", "running")))
                     .values(
                         status="running",
-                        attempts=jobs.c.attempts + 1,
+                        **claim_counts(),
                         lease_owner=owner,
                         updated_at=now,
                     )
@@ -322,9 +327,10 @@ class AmqpQueue:
             await message.ack()
             return None
         job = claimed(row, owner, message=message)
-        if row.attempts > row.max_attempts:
-            # redelivered after crashes beyond the limit: it never got to fail properly
-            await self.fail(job, "the job's worker died on every attempt", permanent=True)
+        if row.crashes > self._max_crashes:
+            # redelivered after too many crashes: it never got to fail properly
+            error = f"its worker died {row.crashes - 1} times running it"
+            await self.fail(job, error, permanent=True)
             return None
         return job
 

@@ -45,6 +45,7 @@ async def requeue_dead(db: Database, job_id: int | None, **values: Any) -> list[
                 .values(
                     status="queued",
                     attempts=0,
+                    crashes=0,
                     available_at=now,
                     lease_until=None,
                     lease_owner=None,

@@ -3,8 +3,10 @@
 A worker claims a job with one ``UPDATE ... RETURNING`` (``FOR UPDATE SKIP LOCKED`` on
 PostgreSQL), renews the lease while it works, and marks the job done in the transaction
 that stores its result. A worker killed mid-job stops renewing; when its lease runs out
-the job is due again. Attempts are counted at claim time, so a job that kills every
-worker that takes it still ends, dead, after ``max_attempts``.
+the job is due again. Such a claim counts a crash, not an attempt: attempts count the
+failures a job reported (``max_attempts``), crashes the workers that died under it, which
+is rarely the job's fault (a deploy, the autoscaler, a neighbour's OOM). A job that kills
+every worker that takes it still ends, dead, after ``max_crashes``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from picscale.tiers.queue.port import (
     ClaimedJob,
     DeadJob,
     NewJob,
+    claim_counts,
     claimed,
     insert_job,
     traced,
@@ -47,6 +50,7 @@ class LeaseQueue:
         *,
         lease_seconds: float,
         max_attempts: int,
+        max_crashes: int,
         wakeup: EpochFile | None = None,
     ) -> None:
         self._db = db
@@ -54,6 +58,7 @@ class LeaseQueue:
         self._seen_wakeup = wakeup.read() if wakeup is not None else 0
         self._lease = timedelta(seconds=lease_seconds)
         self._max_attempts = max_attempts
+        self._max_crashes = max_crashes
         self._last_sweep = 0.0
 
     async def enqueue(self, tx: WriteTx, job: NewJob) -> None:
@@ -73,15 +78,18 @@ class LeaseQueue:
         if time.monotonic() - self._last_sweep > SWEEP_EVERY_SECONDS:
             await self._bury_expired(now)
         due = or_(
-            and_(jobs.c.status.in_(DUE), jobs.c.available_at <= now),
-            and_(jobs.c.status == "running", jobs.c.lease_until < now),
+            and_(
+                jobs.c.status.in_(DUE),
+                jobs.c.available_at <= now,
+                jobs.c.attempts < jobs.c.max_attempts,
+            ),
+            and_(
+                jobs.c.status == "running",
+                jobs.c.lease_until < now,
+                jobs.c.crashes < self._max_crashes,
+            ),
         )
-        candidate = (
-            select(jobs.c.id)
-            .where(due, jobs.c.attempts < jobs.c.max_attempts)
-            .order_by(jobs.c.available_at)
-            .limit(1)
-        )
+        candidate = select(jobs.c.id).where(due).order_by(jobs.c.available_at).limit(1)
         if self._db.dialect == "postgresql":
             candidate = candidate.with_for_update(skip_locked=True)
         stmt = (
@@ -89,7 +97,7 @@ class LeaseQueue:
             .where(jobs.c.id == candidate.scalar_subquery())
             .values(
                 status="running",
-                attempts=jobs.c.attempts + 1,
+                **claim_counts(),
                 lease_until=now + self._lease,
                 lease_owner=owner,
                 updated_at=now,
@@ -103,7 +111,7 @@ class LeaseQueue:
         return claimed(row, owner)
 
     async def _bury_expired(self, now: Any) -> None:
-        """Jobs whose last allowed attempt lost its lease will never be claimed: end them."""
+        """Jobs that lost their lease once too often will never be claimed: end them."""
         self._last_sweep = time.monotonic()
         async with self._db.write() as tx:
             await tx.conn.execute(
@@ -111,14 +119,14 @@ class LeaseQueue:
                 .where(
                     jobs.c.status == "running",
                     jobs.c.lease_until < now,
-                    jobs.c.attempts >= jobs.c.max_attempts,
+                    jobs.c.crashes >= self._max_crashes,
                 )
                 .values(
                     status="dead",
                     lease_until=None,
                     updated_at=now,
                     last_error=func.coalesce(jobs.c.last_error, "")
-                    + " [lease expired on the last attempt: the worker died or hung]",
+                    + f" [its worker died or hung {self._max_crashes} times: the lease expired]",
                 )
             )
 

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import structlog
-from sqlalchemy import insert
+from sqlalchemy import case, insert
 
 from picscale.settings import Settings, SettingsError
 from picscale.tiers.db import Database, WriteTx, current_context
@@ -47,6 +47,7 @@ class ClaimedJob:
     attempts: int
     max_attempts: int
     lease_owner: str
+    crashes: int = 0  # worker deaths it has seen (a claim after one is not a new attempt)
     queued_at: datetime | None = None  # when it was queued or last became due
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -60,8 +61,21 @@ CLAIMED_COLUMNS = (
     jobs.c.owner_id,
     jobs.c.attempts,
     jobs.c.max_attempts,
+    jobs.c.crashes,
     jobs.c.available_at,
 )
+
+
+def claim_counts() -> dict[str, Any]:
+    """The ``attempts`` and ``crashes`` of a job as a claim updates them: a job taken while
+    its row still says ``running`` lost its last worker (a lease ran out, a message came
+    back), which counts as a crash; any other claim is a new attempt. (Both expressions
+    read the row as it was before the update.)"""
+    crashed = jobs.c.status == "running"
+    return {
+        "attempts": case((crashed, jobs.c.attempts), else_=jobs.c.attempts + 1),
+        "crashes": case((crashed, jobs.c.crashes + 1), else_=jobs.c.crashes),
+    }
 
 
 def claimed(row: Any, owner: str, **extra: Any) -> ClaimedJob:
@@ -75,6 +89,7 @@ def claimed(row: Any, owner: str, **extra: Any) -> ClaimedJob:
         attempts=row.attempts,
         max_attempts=row.max_attempts,
         lease_owner=owner,
+        crashes=row.crashes,
         queued_at=row.available_at,
         extra=extra,
     )
@@ -183,6 +198,7 @@ def create_job_queue(settings: Settings, db: Database) -> JobQueue:
             db,
             lease_seconds=settings.job_lease_seconds,
             max_attempts=settings.job_max_attempts,
+            max_crashes=settings.job_max_crashes,
             # processes sharing a SQLite file share a host: a queued job wakes workers
             wakeup=EpochFile(settings.data_dir / "queue-epoch") if db.dialect == "sqlite" else None,
         )
@@ -193,6 +209,7 @@ def create_job_queue(settings: Settings, db: Database) -> JobQueue:
             db,
             settings.queue_url,
             max_attempts=settings.job_max_attempts,
+            max_crashes=settings.job_max_crashes,
             prefetch=settings.job_concurrency,
         )
     raise SettingsError(
