@@ -15,7 +15,7 @@ For each backend (the SQLite lease table, and RabbitMQ started here):
    for `--steady` seconds; delay = a job's start (worker log) minus its row's creation.
 3. SIGKILL: 2 workers, the same load for `--kill-for` seconds, a worker killed
    (with its process pool) every 5 s and replaced; then the queue drains. Lost = jobs
-   that never finished; redone = jobs that needed more than one attempt.
+   that never finished; redone = jobs delivered more than once (a crash or a retry).
 
     uv run --frozen python bench/jobs.py [--jobs 120] [--steady 20] [--kill-for 60]
                                          [--vips-threads 1]
@@ -109,8 +109,11 @@ def events(paths: list[Path], name: str) -> dict[str, float]:
 
 
 def job_rows(data: Path, ids: set[str]) -> dict[str, tuple[str, int, float]]:
+    """job id -> (status, deliveries: its attempts and crashes, created at)"""
     with sqlite3.connect(data / "picscale.db") as conn:
-        rows = conn.execute("SELECT id, status, attempts, created_at FROM jobs").fetchall()
+        rows = conn.execute(
+            "SELECT id, status, attempts + crashes, created_at FROM jobs"
+        ).fetchall()
     return {
         str(r[0]): (r[1], r[2], datetime.fromisoformat(r[3]).timestamp())
         for r in rows
@@ -241,7 +244,8 @@ def kill_drill(
         with sqlite3.connect(data / "picscale.db") as conn:
             for j in lost_ids:
                 row = conn.execute(
-                    "SELECT status, attempts, lease_owner, last_error FROM jobs WHERE id = ?",
+                    "SELECT status, attempts, crashes, lease_owner, last_error FROM jobs "
+                    "WHERE id = ?",
                     (int(j),),
                 ).fetchone()
                 log(f"not done: job {j}: {row}")
