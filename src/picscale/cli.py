@@ -1,4 +1,4 @@
-"""The ``picscale`` command: serve, worker, jobs, migrate, version."""
+"""The ``picscale`` command: serve, worker, jobs, migrate, media, version."""
 
 from __future__ import annotations
 
@@ -311,7 +311,124 @@ def dead_purge(data_dir: Path | None, yes: bool) -> None:
     click.echo(f"purged {count} dead job(s)")
 
 
+@main.group()
+def media() -> None:
+    """Media storage: move it between stores."""
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{n} B"  # not reached
+
+
+@media.command("migrate")
+@data_dir_option
+@click.option(
+    "--to",
+    "to_url",
+    required=True,
+    metavar="URL",
+    help="Where to copy the media: s3://bucket?endpoint=http://host:9000&region=us-east-1.",
+)
+@click.option(
+    "--from",
+    "from_url",
+    default=None,
+    metavar="URL",
+    help="Where the media are [the configured PICSCALE_STORAGE_URL; default file://<data>/media].",
+)
+@click.option(
+    "--jobs", type=click.IntRange(1, 64), default=4, show_default=True, help="Copies at once."
+)
+def media_migrate(data_dir: Path | None, to_url: str, from_url: str | None, jobs: int) -> None:
+    """Copy every media object to another store, verifying each copy's checksum.
+
+    Objects already there with the same SHA-256 are skipped, so an interrupted run can be
+    run again. Exits non-zero if any object could not be copied and verified. Point
+    PICSCALE_STORAGE_URL at the new store once it succeeds.
+    """
+    from picscale.tiers.storage.migrate import MigrationReport, Progress, migrate_media
+    from picscale.tiers.storage.port import open_media_store
+
+    settings = _settings(data_dir=data_dir)
+    source_url = from_url or settings.resolved_storage_url
+    if source_url.rstrip("/") == to_url.rstrip("/"):
+        raise click.UsageError("--from and --to name the same store")
+    try:
+        source = open_media_store(source_url, setting="--from")
+        target = open_media_store(to_url, setting="--to")
+    except SettingsError as exc:
+        raise click.UsageError(str(exc)) from None
+
+    def show(p: Progress) -> None:
+        line = (
+            f"[{p.done}/{p.total}] {p.outcome:<7} {p.key} ({_size(p.size)}); "
+            f"{_size(p.bytes_done)} of {_size(p.bytes_total)}"
+        )
+        click.echo(line + (f": {p.detail}" if p.detail else ""), err=p.outcome == "failed")
+
+    async def run() -> MigrationReport:
+        try:
+            try:
+                await target.ping()
+            except Exception as exc:
+                raise click.ClickException(f"the destination is not usable: {exc}") from None
+            return await migrate_media(source, target, progress=show, concurrency=jobs)
+        finally:
+            await source.close()
+            await target.close()
+
+    report = asyncio.run(run())
+    click.echo(
+        f"{report.total} object(s), {_size(report.total_bytes)}: "
+        f"copied {report.copied} ({_size(report.copied_bytes)}), "
+        f"already there {report.skipped} ({_size(report.skipped_bytes)}), "
+        f"gone from the source meanwhile {report.gone}, failed {len(report.failed)}"
+    )
+    if report.failed:
+        for key, detail in report.failed:
+            click.echo(f"failed: {key}: {detail}", err=True)
+        raise click.ClickException(
+            f"{len(report.failed)} object(s) were not copied and verified; "
+            "run the same command again to retry them"
+        )
+
+
 @main.command()
 def version() -> None:
     """Print the version."""
     click.echo(__version__)
+
+
+@main.group()
+def edge() -> None:
+    """The CDN edge (Varnish)."""
+
+
+@edge.command("vcl")
+@click.option(
+    "--origin",
+    default="127.0.0.1:8000",
+    show_default=True,
+    help="HOST:PORT of the origin (`picscale serve`, or the load balancer in front).",
+)
+@click.option(
+    "--purger",
+    "purgers",
+    multiple=True,
+    help="An address or network (10.0.0.0/8) allowed to PURGE [default: loopback].",
+)
+def edge_vcl(origin: str, purgers: tuple[str, ...]) -> None:
+    """Print the Varnish configuration for an origin:
+    `picscale edge vcl > picscale.vcl; varnishd -a :6081 -f $PWD/picscale.vcl`."""
+    from picscale.tiers.edge.varnish import render_vcl
+
+    host, _, port = origin.rpartition(":")
+    if not host or not port.isdigit():
+        raise click.BadParameter("use HOST:PORT, e.g. 127.0.0.1:8000", param_hint="--origin")
+    vcl = render_vcl(host, int(port), purgers=purgers) if purgers else render_vcl(host, int(port))
+    click.echo(vcl, nl=False)

@@ -34,8 +34,11 @@ class Settings:
     cache_url: str = "memory://"  # memory:// | redis://host:port/db | none://
     session_url: str = "database://"  # sessions table in the database | redis://host:port/db
     queue_url: str = "lease://"  # lease table in the database
-    storage_url: str = ""  # file:///path (default: <data_dir>/media)
-    cdn_url: str = ""  # media and static URLs point here when set
+    storage_url: str = ""  # file:///path (default: <data_dir>/media) or s3://bucket?endpoint=…
+    cdn_url: str = ""  # media and static URLs point here while the edge is healthy
+    cdn_purge_url: str = ""  # where PURGE requests go (default: cdn_url)
+    cdn_health_seconds: float = 2.0  # how often each process checks the edge
+    cdn_shared_seconds: int = 10  # s-maxage of reads anyone may see (anonymous visitors)
 
     # web
     host: str = "127.0.0.1"
