@@ -1,9 +1,13 @@
 -- wrk script: GET /api/v1/photos/{id} with ids drawn from a Zipf distribution.
--- wrk -s bench/zipf.lua URL -- IDS_FILE ALPHA SEED
--- IDS_FILE holds one id per line, most popular first.
+-- wrk -s bench/zipf.lua URL -- IDS_FILE ALPHA SEED [PREFIX SUFFIX]
+-- IDS_FILE holds one id per line, most popular first; PREFIX and SUFFIX make the path
+-- around the id (default /api/v1/photos/ and nothing: /media/ and /v1/thumb.jpg for
+-- media).
 
 local ids = {}
 local cdf = {}
+local prefix = "/api/v1/photos/"
+local suffix = ""
 
 function init(args)
   for line in io.lines(args[1]) do
@@ -20,6 +24,8 @@ function init(args)
     cdf[k] = acc
   end
   math.randomseed(tonumber(args[3]) or 42)
+  prefix = args[4] or prefix
+  suffix = args[5] or suffix
 end
 
 function request()
@@ -33,5 +39,5 @@ function request()
       hi = mid
     end
   end
-  return wrk.format("GET", "/api/v1/photos/" .. ids[lo])
+  return wrk.format("GET", prefix .. ids[lo] .. suffix)
 end

@@ -133,10 +133,11 @@ def start_server(
     workers: int = 1,
     job_workers: int = 1,
     migrate: bool = True,
+    port: int | None = None,
     **settings: Any,
 ) -> Server:
     data_dir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     env = base_env(data_dir, **settings)
     process = start_process(
         [

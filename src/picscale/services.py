@@ -16,6 +16,7 @@ from picscale.observability.metrics import Metrics
 from picscale.settings import Settings
 from picscale.tiers.cache import Cache, create_cache
 from picscale.tiers.db import Database, create_database
+from picscale.tiers.edge import Edge, create_edge
 from picscale.tiers.events import JobEvents, create_job_events
 from picscale.tiers.queue import JobQueue, create_job_queue
 from picscale.tiers.sessions import SessionStore, create_session_store
@@ -36,11 +37,14 @@ class Services:
     photos: Photos
     social: Social
     events: JobEvents
+    edge: Edge
 
     async def close(self) -> None:
+        await self.edge.close()
         await self.events.close()
         await self.queue.close()
         await self.cache.close()
+        await self.storage.close()
         await self.db.dispose()
 
 
@@ -51,6 +55,7 @@ def build_services(settings: Settings, metrics: Metrics | None = None) -> Servic
     storage = create_media_store(settings)
     queue = create_job_queue(settings, db)
     ids = IdGenerator(settings.logical_shards)
+    edge = create_edge(settings, metrics)
     throttle = LoginThrottle(
         db,
         per_account=settings.login_failures_per_account,
@@ -63,6 +68,7 @@ def build_services(settings: Settings, metrics: Metrics | None = None) -> Servic
         storage,
         queue,
         ids,
+        edge,
         max_upload_bytes=settings.max_upload_bytes,
         max_pixels=settings.max_pixels,
     )
@@ -79,4 +85,5 @@ def build_services(settings: Settings, metrics: Metrics | None = None) -> Servic
         photos=photos,
         social=Social(db, cache, photos, feed_ttl=settings.feed_cache_seconds),
         events=create_job_events(settings, same_host=db.dialect == "sqlite"),
+        edge=edge,
     )

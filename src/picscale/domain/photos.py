@@ -38,7 +38,15 @@ from picscale.imaging import (
 from picscale.tiers.cache import Cache
 from picscale.tiers.cache.port import feed_key, photo_key, profile_key, user_photos_key
 from picscale.tiers.db import Database, WriteTx, is_unique_violation
-from picscale.tiers.db.schema import jobs, photo_versions, photos, users, utcnow
+from picscale.tiers.db.schema import (
+    follows,
+    jobs,
+    photo_versions,
+    photos,
+    users,
+    utcnow,
+)
+from picscale.tiers.edge import Edge, EdgeUnavailable
 from picscale.tiers.queue import ClaimedJob, JobQueue, NewJob
 from picscale.tiers.storage import MediaStore
 
@@ -46,6 +54,7 @@ log = structlog.get_logger(__name__)
 
 VARIANTS = ("original", "large", "thumb")
 RENDER_JOB = "render_version"
+PURGE_JOB = "purge_edge"  # a purge the edge did not confirm at once, retried until it does
 CAPTION_MAX = 2200
 # first pages of a gallery in these sizes are cached (and invalidated); others are not
 CACHED_PAGE_SIZES = (12, 20)
@@ -141,6 +150,7 @@ class Photos:
         storage: MediaStore,
         queue: JobQueue,
         ids: IdGenerator,
+        edge: Edge,
         *,
         max_upload_bytes: int,
         max_pixels: int,
@@ -150,6 +160,7 @@ class Photos:
         self._storage = storage
         self._queue = queue
         self._ids = ids
+        self._edge = edge
         self.max_upload_bytes = max_upload_bytes
         self.max_pixels = max_pixels
 
@@ -324,8 +335,102 @@ class Photos:
 
             async def remove_media() -> None:
                 await self._storage.delete_prefix(f"photos/{photo_id}")
+                # its media, and the anonymous copies of its owner's profile
+                keys = [f"photo-{photo_id}", f"profile-{actor.id}"]
+                await self.purge_edge(keys, shard_of(photo_id))
 
             tx.after_commit(remove_media)
+
+    async def delete_account(self, actor: UserRecord) -> int:
+        """The user and everything of theirs: photos (rows, versions, media), follows in
+        both directions (the other side's counts follow); the edge's copies of
+        their media and profile are purged before this returns. Returns the photos gone."""
+        async with self._db.write() as tx:
+            photo_ids = list(
+                await tx.conn.scalars(select(photos.c.id).where(photos.c.owner_id == actor.id))
+            )
+            followees = list(
+                await tx.conn.scalars(
+                    select(follows.c.followee_id).where(follows.c.follower_id == actor.id)
+                )
+            )
+            followers = list(
+                await tx.conn.scalars(
+                    select(follows.c.follower_id).where(follows.c.followee_id == actor.id)
+                )
+            )
+            others = {
+                row.id: row.username
+                for row in await tx.conn.execute(
+                    select(users.c.id, users.c.username).where(
+                        users.c.id.in_({*followees, *followers})
+                    )
+                )
+            }
+            if followees:
+                await tx.conn.execute(
+                    update(users)
+                    .where(users.c.id.in_(followees))
+                    .values(follower_count=users.c.follower_count - 1)
+                )
+            if followers:
+                await tx.conn.execute(
+                    update(users)
+                    .where(users.c.id.in_(followers))
+                    .values(following_count=users.c.following_count - 1)
+                )
+            await tx.conn.execute(
+                delete(follows).where(
+                    (follows.c.follower_id == actor.id) | (follows.c.followee_id == actor.id)
+                )
+            )
+            if photo_ids:
+                await tx.conn.execute(
+                    delete(photo_versions).where(photo_versions.c.photo_id.in_(photo_ids))
+                )
+            await tx.conn.execute(delete(photos).where(photos.c.owner_id == actor.id))
+            await tx.conn.execute(delete(users).where(users.c.id == actor.id))
+            stale = [
+                profile_key(actor.username),
+                *self._first_pages(actor.id),
+                *(photo_key(p) for p in photo_ids),
+                *(profile_key(name) for name in others.values()),
+                # followers' feeds showed this user's photos
+                *(key for f in followers for key in self._first_pages(f)),
+            ]
+            await self._cache.invalidate(tx, stale)
+
+            async def remove_media() -> None:
+                for photo_id in photo_ids:
+                    await self._storage.delete_prefix(f"photos/{photo_id}")
+                keys = [f"user-{actor.id}", f"profile-{actor.id}"]
+                keys += [f"profile-{other}" for other in others]
+                await self.purge_edge(keys, shard_of(actor.id))
+
+            tx.after_commit(remove_media)
+        return len(photo_ids)
+
+    async def purge_edge(self, keys: list[str], shard: int) -> None:
+        """Drop the edge's copies tagged with ``keys`` before the caller answers; if the
+        edge does not confirm, a job retries the purge until it does."""
+        try:
+            await self._edge.purge(keys)
+        except EdgeUnavailable as exc:
+            log.warning("edge_purge_queued", keys=" ".join(keys), error=str(exc)[:200])
+            async with self._db.write() as tx:
+                await self._queue.enqueue(
+                    tx,
+                    NewJob(id=self._ids.next_id(shard), kind=PURGE_JOB, payload={"keys": keys}),
+                )
+
+    async def run_purge(self, job: ClaimedJob) -> dict[str, Any]:
+        """The ``purge_edge`` job: raises (and so is retried) until the edge confirms."""
+        keys = [str(k) for k in job.payload["keys"]]
+        await self._edge.purge(keys)
+        result = {"purged": keys}
+        async with self._db.write() as tx:
+            await self._queue.complete(tx, job, result)
+        return result
 
     async def request_edit(
         self, actor: UserRecord, photo_id: int, operations: Sequence[Operation]

@@ -141,6 +141,24 @@ class Metrics:
             ["direction", "reason"],
             registry=r,
         )
+        self.edge_up = Gauge(
+            "picscale_edge_up",
+            "1 while the CDN edge answers its health check and URLs point at it, else 0",
+            multiprocess_mode="min",
+            registry=r,
+        )
+        self.edge_switches = Counter(
+            "picscale_edge_switches_total",
+            "Switches of media and static URLs between the edge and the origin",
+            ["to"],
+            registry=r,
+        )
+        self.edge_purges = Counter(
+            "picscale_edge_purges_total",
+            "Purges by surrogate key sent to the edge, by outcome (ok, failed)",
+            ["outcome"],
+            registry=r,
+        )
 
         # Hot-path events are added up in plain dicts and written to the metrics above
         # by ``flush`` (about once a second, and before every scrape): in multiprocess

@@ -1,7 +1,7 @@
 """The JSON API for mobile clients (and the browser's upload and edit scripts)."""
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -28,6 +28,7 @@ from picscale.web.auth import (
     services_of,
     session_cookie,
 )
+from picscale.web.caching import shared_headers
 from picscale.web.schemas import (
     EditIn,
     JobOut,
@@ -87,8 +88,12 @@ async def start_session(
     return session.token
 
 
-def build_api(settings: Settings) -> Router:
-    urls = MediaUrls(settings.cdn_url)
+def build_api(settings: Settings, media_base: Callable[[], str]) -> Router:
+    urls = MediaUrls(media_base)
+
+    def shared(request: Request[Any, Any, Any], keys: str) -> dict[str, str]:
+        return shared_headers(request, keys, settings.cdn_shared_seconds)
+
     max_limit = settings.max_page_size
 
     Limit = Annotated[int, Parameter(ge=1, le=max_limit, description="page size")]
@@ -130,12 +135,24 @@ def build_api(settings: Settings) -> Router:
         profile = await services_of(request).users.update_profile(user, data.display_name)
         return ProfileOut.of(profile)
 
+    @delete("/me", status_code=HTTP_204_NO_CONTENT, summary="Delete your account")
+    async def delete_me(request: Request[Any, Any, Any]) -> Response[None]:
+        """Everything of yours goes: photos and their media (also at the CDN edge),
+        follows, sessions. There is no undo."""
+        user = await current_user(request)
+        services = services_of(request)
+        await services.photos.delete_account(user)
+        await services.sessions.delete_for_user(user.id)
+        response: Response[None] = Response(None, status_code=HTTP_204_NO_CONTENT)
+        response.set_cookie(cleared_session_cookie())
+        return response
+
     @get("/users/{username:str}", summary="A profile")
-    async def profile(request: Request[Any, Any, Any], username: str) -> ProfileOut:
+    async def profile(request: Request[Any, Any, Any], username: str) -> Response[ProfileOut]:
         found = await services_of(request).users.profile(username)
         if found is None:
             raise NotFound(f"no user is called {username!r}")
-        return ProfileOut.of(found)
+        return Response(ProfileOut.of(found), headers=shared(request, f"profile-{found.id}"))
 
     @put("/users/{username:str}/follow", status_code=HTTP_204_NO_CONTENT, summary="Follow")
     async def follow(request: Request[Any, Any, Any], username: str) -> None:
@@ -151,12 +168,13 @@ def build_api(settings: Settings) -> Router:
         username: str,
         cursor: Cursor = None,
         limit: Limit = settings.feed_page_size,
-    ) -> PageOut:
+    ) -> Response[PageOut]:
         services = services_of(request)
         found = await services.users.profile(username)
         if found is None:
             raise NotFound(f"no user is called {username!r}")
-        return page_out(urls, await services.photos.by_owner(found.id, cursor, limit))
+        page = page_out(urls, await services.photos.by_owner(found.id, cursor, limit))
+        return Response(page, headers=shared(request, f"profile-{found.id}"))
 
     @post(
         "/photos",
@@ -175,8 +193,10 @@ def build_api(settings: Settings) -> Router:
         return urls.photo(photo)
 
     @get("/photos/{photo_id:str}", summary="A photo")
-    async def photo(request: Request[Any, Any, Any], photo_id: str) -> PhotoOut:
-        return urls.photo(await services_of(request).photos.require(parse_id(photo_id, "photo")))
+    async def photo(request: Request[Any, Any, Any], photo_id: str) -> Response[PhotoOut]:
+        found = await services_of(request).photos.require(parse_id(photo_id, "photo"))
+        keys = f"photo-{found.id} profile-{found.owner_id}"
+        return Response(urls.photo(found), headers=shared(request, keys))
 
     @delete("/photos/{photo_id:str}", status_code=HTTP_204_NO_CONTENT, summary="Delete a photo")
     async def delete_photo(request: Request[Any, Any, Any], photo_id: str) -> None:
@@ -246,6 +266,7 @@ def build_api(settings: Settings) -> Router:
                 log_out,
                 me,
                 update_me,
+                delete_me,
                 profile,
                 follow,
                 unfollow,

@@ -15,7 +15,6 @@ from litestar.exceptions import HTTPException
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin
-from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
 from picscale import __version__
@@ -26,6 +25,7 @@ from picscale.observability.metrics import Metrics
 from picscale.services import Services, build_services
 from picscale.settings import Settings, load_settings
 from picscale.web.api import build_api
+from picscale.web.assets import StaticAssets
 from picscale.web.auth import resolve_user
 from picscale.web.errors import handle_exception
 from picscale.web.middleware import RequestContext
@@ -43,6 +43,15 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
     """Build the web app. Its tiers are created at startup, in the serving process."""
     holder: dict[str, Services] = {}
     metrics = services.metrics if services else Metrics()
+    assets = StaticAssets(_package_dir("static"))
+
+    def edge_base() -> str:
+        # the edge's URL while it is healthy; '' (origin-relative URLs) otherwise
+        built = holder.get("services")
+        return built.edge.base_url() if built is not None else ""
+
+    def static_url(name: str) -> str:
+        return edge_base() + assets.path(name)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -52,11 +61,14 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
         app.state.services = built
         log.info("web_started", database=built.db.dialect, cache=settings.cache_url)
         flusher = asyncio.create_task(built.metrics.flush_every())
+        stop_watching = asyncio.Event()
+        watcher = asyncio.create_task(built.edge.watch(stop_watching))
         try:
             yield
         finally:
+            stop_watching.set()
             flusher.cancel()
-            await asyncio.gather(flusher, return_exceptions=True)
+            await asyncio.gather(flusher, watcher, return_exceptions=True)
             if services is None:
                 await built.close()
 
@@ -65,15 +77,10 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
 
     return Litestar(
         route_handlers=[
-            build_api(settings),
-            build_pages(settings),
+            build_api(settings, edge_base),
+            build_pages(settings, edge_base),
             build_system(),
-            create_static_files_router(
-                "/static",
-                directories=[_package_dir("static")],
-                cache_control=None,
-                include_in_schema=False,
-            ),
+            assets.route(),
         ],
         lifespan=[lifespan],
         before_request=resolve_user,
@@ -84,7 +91,9 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
             Exception: handle_exception,
         },
         template_config=TemplateConfig(
-            directory=_package_dir("templates"), engine=JinjaTemplateEngine
+            directory=_package_dir("templates"),
+            engine=JinjaTemplateEngine,
+            engine_callback=lambda engine: engine.engine.globals.update(static_url=static_url),
         ),
         openapi_config=OpenAPIConfig(
             title="Picscale",

@@ -17,6 +17,7 @@ import structlog
 from litestar.enums import ScopeType
 
 from picscale.tiers.db import current_context, read_context
+from picscale.web.caching import PRIVATE
 
 if TYPE_CHECKING:
     from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Send
@@ -85,6 +86,9 @@ class RequestContext:
                 status = message["status"]
                 headers = list(message.get("headers", ()))
                 headers.append((REQUEST_ID_HEADER, request_id.encode()))
+                if not any(name.lower() == b"cache-control" for name, _ in headers):
+                    # what a handler did not mark shareable is nobody's to keep
+                    headers.append((b"cache-control", PRIVATE.encode()))
                 message["headers"] = headers
             await send(message)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -24,6 +25,7 @@ from picscale.web.auth import (
     services_of,
     set_csrf_cookie,
 )
+from picscale.web.caching import anonymous, shared_headers
 from picscale.web.schemas import MediaUrls
 
 Form = Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)]
@@ -40,25 +42,36 @@ def _login_redirect(request: Request[Any, Any, Any]) -> Redirect:
     return Redirect(f"/login?next={quote(request.url.path)}")
 
 
-def build_pages(settings: Settings) -> Router:
-    urls = MediaUrls(settings.cdn_url)
+def build_pages(settings: Settings, media_base: Callable[[], str]) -> Router:
+    urls = MediaUrls(media_base)
     page_size = 12  # a gallery page; one of the cached first-page sizes
 
     async def render(
         request: Request[Any, Any, Any],
         template: str,
         status_code: int = 200,
+        shared: str | None = None,
         **context: Any,
     ) -> Template:
+        """``shared``: the surrogate keys of a page anyone may see; an anonymous
+        visitor's copy (no form on it, so no CSRF token or cookie) may then be kept by
+        the edge."""
         user = await optional_user(request)
+        public = shared is not None and user is None and anonymous(request)
         context.update(
             me=user,
-            csrf_token=csrf_token_of(request),
+            csrf_token="" if public else csrf_token_of(request),
             urls=urls,
             max_upload_mb=settings.max_upload_bytes // (1024 * 1024),
         )
-        response = Template(template, context=context, status_code=status_code)
-        set_csrf_cookie(request, response)
+        headers = (
+            shared_headers(request, shared, settings.cdn_shared_seconds)
+            if public and shared is not None
+            else None
+        )
+        response = Template(template, context=context, status_code=status_code, headers=headers)
+        if not public:
+            set_csrf_cookie(request, response)
         return response
 
     @get("/", include_in_schema=False)
@@ -155,6 +168,7 @@ def build_pages(settings: Settings) -> Router:
             following=following,
             page=page,
             more_url=f"/u/{found.username}?cursor=",
+            shared=f"profile-{found.id}",
         )
 
     async def _follow_button(
@@ -186,7 +200,13 @@ def build_pages(settings: Settings) -> Router:
     async def photo(request: Request[Any, Any, Any], photo_id: str) -> Template:
         found = await _photo(request, photo_id)
         versions = await services_of(request).photos.versions(found.id)
-        return await render(request, "photo.html", photo=found, versions=versions)
+        return await render(
+            request,
+            "photo.html",
+            photo=found,
+            versions=versions,
+            shared=f"photo-{found.id} profile-{found.owner_id}",
+        )
 
     @get("/p/{photo_id:str}/status", include_in_schema=False)
     async def photo_status(request: Request[Any, Any, Any], photo_id: str) -> Response[Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Literal
 
@@ -122,14 +123,15 @@ class ErrorOut(msgspec.Struct):
 
 
 class MediaUrls:
-    """Builds versioned, immutable media URLs (optionally on a CDN host)."""
+    """Builds versioned, immutable media URLs, on the CDN edge while it is healthy
+    (``base`` returns its URL then, '' for origin-relative URLs otherwise)."""
 
-    def __init__(self, base: str = "") -> None:
-        self.base = base.rstrip("/")
+    def __init__(self, base: Callable[[], str] = lambda: "") -> None:
+        self.base = base
 
     def url(self, photo: PhotoRecord, variant: str, version: int | None = None) -> str:
         ext = {"jpeg": "jpg"}.get(photo.format, photo.format)
-        return f"{self.base}/media/{photo.id}/v{version or photo.version}/{variant}.{ext}"
+        return f"{self.base()}/media/{photo.id}/v{version or photo.version}/{variant}.{ext}"
 
     def urls(self, photo: PhotoRecord) -> PhotoUrls | None:
         if photo.version < 1:

@@ -15,13 +15,12 @@ from picscale.domain.photos import variant_key
 from picscale.imaging import ImageFormat
 from picscale.tiers.storage import MediaNotFound
 from picscale.web.auth import services_of
+from picscale.web.caching import IMMUTABLE, byte_range, etag_matches
 
 # /media/{photo id}/v{version}/{variant}.{ext}: anything else names nothing
 _ID = re.compile(r"^[0-9]{1,19}$")
 _VERSION = re.compile(r"^v([1-9][0-9]{0,8})$")
 _FILE = re.compile(r"^(original|large|thumb)\.(jpg|png|webp)$")
-# a version's files never change: a new edit is a new URL
-IMMUTABLE = "public, max-age=31536000, immutable"
 
 
 @get("/media/{photo_id:str}/{version:str}/{filename:str}", include_in_schema=False)
@@ -54,11 +53,11 @@ async def media(
         "xkey": tags,
         "Surrogate-Key": tags,
     }
-    if _matches(request.headers.get("if-none-match"), etag):
+    if etag_matches(request.headers.get("if-none-match"), etag):
         return Response(b"", status_code=304, headers=headers)
     wanted = request.headers.get("range")
-    if wanted is not None and _matches(request.headers.get("if-range", etag), etag):
-        span = _byte_range(wanted, len(data))
+    if wanted is not None and etag_matches(request.headers.get("if-range", etag), etag):
+        span = byte_range(wanted, len(data))
         if span is None:  # unsatisfiable
             headers["Content-Range"] = f"bytes */{len(data)}"
             return Response(b"", status_code=416, headers=headers)
@@ -72,34 +71,6 @@ async def media(
                 headers=headers,
             )
     return Response(data, media_type=fmt.content_type, headers=headers)
-
-
-def _matches(header: str | None, etag: str) -> bool:
-    """``If-None-Match`` / ``If-Range``: a list of tags, weak ones compared weakly, or *."""
-    if not header:
-        return False
-    tags = [t.strip().removeprefix("W/") for t in header.split(",")]
-    return "*" in tags or etag in tags
-
-
-def _byte_range(header: str, size: int) -> tuple[int, int] | None:
-    """The one range of ``bytes=a-b``, ``bytes=a-`` or ``bytes=-n`` as (first, last);
-    the whole file for what this does not serve (several ranges, other units); None when
-    no byte of it exists (416)."""
-    unit, _, spec = header.partition("=")
-    if unit.strip().lower() != "bytes" or "," in spec:
-        return (0, size - 1)
-    start, dash, end = spec.strip().partition("-")
-    if not dash or not (start.isdigit() or end.isdigit()):
-        return (0, size - 1)
-    if not start:  # the last n bytes
-        n = int(end)
-        return None if n == 0 or size == 0 else (max(0, size - n), size - 1)
-    first = int(start)
-    last = int(end) if end.isdigit() else size - 1
-    if first >= size or last < first:
-        return None if first >= size else (0, size - 1)
-    return first, min(last, size - 1)
 
 
 @get("/healthz", summary="Alive", tags=["ops"])

@@ -22,7 +22,7 @@ from typing import Any
 
 import structlog
 
-from picscale.domain.photos import RENDER_JOB
+from picscale.domain.photos import PURGE_JOB, RENDER_JOB
 from picscale.imaging import ImageRejected, Operation, Rendered, configure_vips, render
 from picscale.observability.logging import configure_logging
 from picscale.observability.metrics import Metrics
@@ -73,7 +73,10 @@ class Worker:
         self.settings = services.settings
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self._pool: ProcessPoolExecutor | None = None
-        self._handlers: dict[str, Handler] = {RENDER_JOB: self._render_version}
+        self._handlers: dict[str, Handler] = {
+            RENDER_JOB: self._render_version,
+            PURGE_JOB: services.photos.run_purge,
+        }
         self.running: set[int] = set()
 
     # -- handlers --------------------------------------------------------------------

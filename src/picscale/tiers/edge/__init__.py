@@ -1,0 +1,5 @@
+"""The CDN edge: where media and static URLs point, and purges by surrogate key."""
+
+from picscale.tiers.edge.port import Edge, EdgeUnavailable, create_edge
+
+__all__ = ["Edge", "EdgeUnavailable", "create_edge"]
