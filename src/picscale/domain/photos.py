@@ -218,6 +218,21 @@ class Photos:
             raise NotFound(f"job {job_id} does not exist")
         return job_record(row)
 
+    async def first_render(self, photo_id: int) -> int | None:
+        """The job making a new photo's first version, while it is queued or running."""
+        async with self._db.read_primary("photos") as conn:
+            found = await conn.scalar(
+                select(jobs.c.id)
+                .where(
+                    jobs.c.photo_id == photo_id,
+                    jobs.c.kind == RENDER_JOB,
+                    jobs.c.status.in_(("queued", "running", "failed")),
+                )
+                .order_by(jobs.c.id)
+                .limit(1)
+            )
+        return int(found) if found is not None else None
+
     async def versions(self, photo_id: int) -> list[int]:
         async with self._db.read() as conn:
             rows = await conn.scalars(

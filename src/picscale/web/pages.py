@@ -196,22 +196,33 @@ def build_pages(settings: Settings, media_base: Callable[[], str]) -> Router:
     async def _photo(request: Request[Any, Any, Any], photo_id: str) -> PhotoRecord:
         return await services_of(request).photos.require(parse_id(photo_id, "photo"))
 
+    async def _render_job(request: Request[Any, Any, Any], photo: PhotoRecord) -> int | None:
+        """The owner of a photo still processing follows its job's event stream."""
+        me = await optional_user(request)
+        if photo.status != "processing" or me is None or me.id != photo.owner_id:
+            return None
+        return await services_of(request).photos.first_render(photo.id)
+
     @get("/p/{photo_id:str}", include_in_schema=False)
     async def photo(request: Request[Any, Any, Any], photo_id: str) -> Template:
         found = await _photo(request, photo_id)
-        versions = await services_of(request).photos.versions(found.id)
+        services = services_of(request)
+        versions = await services.photos.versions(found.id)
+        render_job = await _render_job(request, found)
         return await render(
             request,
             "photo.html",
             photo=found,
             versions=versions,
+            render_job=render_job,
             shared=f"photo-{found.id} profile-{found.owner_id}",
         )
 
     @get("/p/{photo_id:str}/status", include_in_schema=False)
     async def photo_status(request: Request[Any, Any, Any], photo_id: str) -> Response[Any]:
         found = await _photo(request, photo_id)
-        response = await render(request, "_photo_image.html", photo=found)
+        render_job = await _render_job(request, found)
+        response = await render(request, "_photo_image.html", photo=found, render_job=render_job)
         if found.status != "processing":
             response.headers["HX-Refresh"] = "true"  # show the whole page, edit form and all
         return response
