@@ -4,6 +4,7 @@ URLs while the edge is down."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import sqlite3
 from collections.abc import Iterator
@@ -111,10 +112,19 @@ def test_media_and_static_miss_then_hit_revalidate_and_originals_pass(stack: Sta
         assert revalidated.headers["x-cache"] == "HIT"
         ranged = edge.get(photo[variant], headers={"Range": "bytes=0-9"})
         assert ranged.status_code == 206 and ranged.content == first.content[:10]
-    # originals are not kept at the edge: every request goes to the origin
+    # originals are not kept at the edge: every request goes to the origin, however the
+    # URL is spelled
     originals = [edge.get(photo["original"]) for _ in range(2)]
     assert [r.headers["x-cache"] for r in originals] == ["PASS", "PASS"]
     assert all(r.status_code == 200 for r in originals)
+    spelled = photo["original"].replace("/original.", "/%6Friginal.")
+    assert [edge.get(spelled).headers["x-cache"] for _ in range(2)] == ["PASS", "PASS"]
+    # a client cannot make the edge say what it did not do
+    spoofed = edge.get(photo["thumb"], headers={"x-edge-pass": "1", "x-edge-stale": "1"})
+    assert spoofed.headers["x-cache"] == "HIT"
+    # the origin's metrics and readiness stay behind the edge
+    assert edge.get(stack.edge_url + "/metrics").status_code == 404
+    assert edge.get(stack.edge_url + "/readyz").status_code == 404
 
     # pages name static files by content hash, on the edge; the edge keeps them
     page = client.get("/")
@@ -153,6 +163,16 @@ def test_reads_say_who_may_keep_them(stack: Stack) -> None:
         assert "set-cookie" not in shared.headers  # nothing personal in a shared copy
         mine = client.get(path)
         assert mine.headers["cache-control"] == "private, no-store"
+    # htmx fragments share the URLs of whole pages: the edge never keeps them
+    assert "HX-Request" in anonymous.get(f"/u/{name}").headers["vary"]
+    edge = httpx.Client(timeout=10)
+    page = f"{stack.edge_url}/u/{name}"
+    edge.get(page)
+    assert edge.get(page).headers["x-cache"] == "HIT"
+    fragment = edge.get(page, headers={"HX-Request": "true"})
+    assert fragment.headers["x-cache"] == "PASS" and "<html" not in fragment.text
+    assert "<html" in edge.get(page).text
+    edge.close()
     # private by default: the feed, the signed-in user, sessions
     assert client.get("/api/v1/me").headers["cache-control"] == "private, no-store"
     assert client.get("/api/v1/feed").headers["cache-control"] == "private, no-store"
@@ -179,6 +199,21 @@ def test_delete_purges_the_edge_before_the_api_answers(stack: Stack) -> None:
     # the purge endpoint is the edge's, and only for the ACL
     assert edge.request("PURGE", stack.edge_url + "/").status_code == 400  # no keys
     edge.close()
+
+
+def test_a_purge_of_many_keys_goes_in_batches(stack: Stack) -> None:
+    """An account with thousands of follows still purges: keys go 100 to a request."""
+    from picscale.observability.metrics import Metrics
+    from picscale.tiers.edge.port import HttpEdge
+
+    async def purge() -> None:
+        edge = HttpEdge(stack.edge_url, stack.edge_url, metrics=Metrics(), interval=1)
+        try:
+            await edge.purge([f"profile-{n:019d}" for n in range(1000)])  # ~28 KB of keys
+        finally:
+            await edge.close()
+
+    asyncio.run(purge())
 
 
 def test_purge_is_refused_outside_the_acl(stack: Stack) -> None:
@@ -241,9 +276,12 @@ def test_origin_urls_while_the_edge_is_down_and_purges_retried_by_a_job(stack: S
     def purge_job() -> tuple[str, int] | None:
         with sqlite3.connect(db) as conn:
             row = conn.execute(
-                "SELECT status, attempts FROM jobs WHERE kind = 'purge_edge'"
+                "SELECT status, attempts, max_attempts FROM jobs WHERE kind = 'purge_edge'"
             ).fetchone()
-        return (row[0], row[1]) if row is not None else None
+        if row is None:
+            return None
+        assert row[2] == 100  # retried for hours, not for the default 5 attempts
+        return (row[0], row[1])
 
     wait_until(
         lambda: (purge_job() or ("", 0))[1] >= 1, timeout=30, what="the purge job to be tried"

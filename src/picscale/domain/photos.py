@@ -46,7 +46,7 @@ from picscale.tiers.db.schema import (
     users,
     utcnow,
 )
-from picscale.tiers.edge import Edge, EdgeUnavailable
+from picscale.tiers.edge import Edge
 from picscale.tiers.queue import ClaimedJob, JobQueue, NewJob
 from picscale.tiers.storage import MediaStore
 
@@ -55,6 +55,9 @@ log = structlog.get_logger(__name__)
 VARIANTS = ("original", "large", "thumb")
 RENDER_JOB = "render_version"
 PURGE_JOB = "purge_edge"  # a purge the edge did not confirm at once, retried until it does
+# backoff doubles up to 5 minutes: about 8 hours of retries before a purge is given up on
+# (a dead purge_edge job is in `picscale jobs dead list`, to retry by hand)
+PURGE_ATTEMPTS = 100
 CAPTION_MAX = 2200
 # first pages of a gallery in these sizes are cached (and invalidated); others are not
 CACHED_PAGE_SIZES = (12, 20)
@@ -140,6 +143,11 @@ def job_record(row: Any) -> JobRecord:
         error=row.last_error if status == "failed" else None,
         attempts=row.attempts,
     )
+
+
+def _chunks(ids: Sequence[int], size: int = 1000) -> list[Sequence[int]]:
+    """Bounded IN lists: a database takes at most some tens of thousands of parameters."""
+    return [ids[i : i + size] for i in range(0, len(ids), size)]
 
 
 class Photos:
@@ -349,61 +357,58 @@ class Photos:
             await self._invalidate(tx, photo_id, actor.id, photo.owner_username)
 
             async def remove_media() -> None:
-                await self._storage.delete_prefix(f"photos/{photo_id}")
-                # its media, and the anonymous copies of its owner's profile
-                keys = [f"photo-{photo_id}", f"profile-{actor.id}"]
-                await self.purge_edge(keys, shard_of(photo_id))
+                # the edge first: a failing store must not keep the media on the edge
+                try:
+                    # its media, and the anonymous copies of its owner's profile
+                    keys = [f"photo-{photo_id}", f"profile-{actor.id}"]
+                    await self.purge_edge(keys, shard_of(photo_id))
+                finally:
+                    await self._storage.delete_prefix(f"photos/{photo_id}")
 
             tx.after_commit(remove_media)
 
     async def delete_account(self, actor: UserRecord) -> int:
         """The user and everything of theirs: photos (rows, versions, media), follows in
-        both directions (the other side's counts follow); the edge's copies of
-        their media and profile are purged before this returns. Returns the photos gone."""
+        both directions (the other side's counts follow); the edge's copies of their
+        media and profile are purged before this returns. Returns the photos gone."""
         async with self._db.write() as tx:
-            photo_ids = list(
-                await tx.conn.scalars(select(photos.c.id).where(photos.c.owner_id == actor.id))
+            # one deletion at a time per account (a row lock on PostgreSQL; SQLite's
+            # write transactions are serial anyway)
+            locked = await tx.conn.scalar(
+                select(users.c.id).where(users.c.id == actor.id).with_for_update()
             )
-            followees = list(
-                await tx.conn.scalars(
-                    select(follows.c.followee_id).where(follows.c.follower_id == actor.id)
-                )
-            )
-            followers = list(
-                await tx.conn.scalars(
-                    select(follows.c.follower_id).where(follows.c.followee_id == actor.id)
-                )
-            )
-            others = {
-                row.id: row.username
-                for row in await tx.conn.execute(
-                    select(users.c.id, users.c.username).where(
-                        users.c.id.in_({*followees, *followers})
+            if locked is None:
+                raise NotFound("this account was deleted already")
+            gone = (
+                await tx.conn.execute(
+                    delete(follows)
+                    .where(
+                        (follows.c.follower_id == actor.id) | (follows.c.followee_id == actor.id)
                     )
+                    .returning(follows.c.follower_id, follows.c.followee_id)
                 )
-            }
-            if followees:
-                await tx.conn.execute(
-                    update(users)
-                    .where(users.c.id.in_(followees))
-                    .values(follower_count=users.c.follower_count - 1)
-                )
-            if followers:
-                await tx.conn.execute(
-                    update(users)
-                    .where(users.c.id.in_(followers))
-                    .values(following_count=users.c.following_count - 1)
-                )
-            await tx.conn.execute(
-                delete(follows).where(
-                    (follows.c.follower_id == actor.id) | (follows.c.followee_id == actor.id)
+            ).all()
+            followees = [r.followee_id for r in gone if r.follower_id == actor.id]
+            followers = [r.follower_id for r in gone if r.followee_id == actor.id]
+            others: dict[int, str] = {}
+            for ids, column in (
+                (followees, users.c.follower_count),
+                (followers, users.c.following_count),
+            ):
+                for chunk in _chunks(ids):
+                    rows = await tx.conn.execute(
+                        update(users)
+                        .where(users.c.id.in_(chunk))
+                        .values({column: column - 1})
+                        .returning(users.c.id, users.c.username)
+                    )
+                    others.update((r.id, r.username) for r in rows)
+            # versions go with their photos (ON DELETE CASCADE)
+            photo_ids = list(
+                await tx.conn.scalars(
+                    delete(photos).where(photos.c.owner_id == actor.id).returning(photos.c.id)
                 )
             )
-            if photo_ids:
-                await tx.conn.execute(
-                    delete(photo_versions).where(photo_versions.c.photo_id.in_(photo_ids))
-                )
-            await tx.conn.execute(delete(photos).where(photos.c.owner_id == actor.id))
             await tx.conn.execute(delete(users).where(users.c.id == actor.id))
             stale = [
                 profile_key(actor.username),
@@ -416,11 +421,13 @@ class Photos:
             await self._cache.invalidate(tx, stale)
 
             async def remove_media() -> None:
-                for photo_id in photo_ids:
-                    await self._storage.delete_prefix(f"photos/{photo_id}")
-                keys = [f"user-{actor.id}", f"profile-{actor.id}"]
-                keys += [f"profile-{other}" for other in others]
-                await self.purge_edge(keys, shard_of(actor.id))
+                # the edge first: the owner's keys tag all their media and their profile
+                try:
+                    keys = [f"user-{actor.id}", f"profile-{actor.id}"]
+                    await self.purge_edge(keys, shard_of(actor.id))
+                finally:
+                    for photo_id in photo_ids:
+                        await self._storage.delete_prefix(f"photos/{photo_id}")
 
             tx.after_commit(remove_media)
         return len(photo_ids)
@@ -430,12 +437,17 @@ class Photos:
         edge does not confirm, a job retries the purge until it does."""
         try:
             await self._edge.purge(keys)
-        except EdgeUnavailable as exc:
+        except Exception as exc:  # whatever went wrong, the purge must not be forgotten
             log.warning("edge_purge_queued", keys=" ".join(keys), error=str(exc)[:200])
             async with self._db.write() as tx:
                 await self._queue.enqueue(
                     tx,
-                    NewJob(id=self._ids.next_id(shard), kind=PURGE_JOB, payload={"keys": keys}),
+                    NewJob(
+                        id=self._ids.next_id(shard),
+                        kind=PURGE_JOB,
+                        payload={"keys": keys},
+                        max_attempts=PURGE_ATTEMPTS,
+                    ),
                 )
 
     async def run_purge(self, job: ClaimedJob) -> dict[str, Any]:

@@ -143,8 +143,9 @@ class Metrics:
         )
         self.edge_up = Gauge(
             "picscale_edge_up",
-            "1 while the CDN edge answers its health check and URLs point at it, else 0",
-            multiprocess_mode="min",
+            "1 while the CDN edge answers its health check and web processes hand out "
+            "its URLs, else 0 (the highest of the live processes)",
+            multiprocess_mode="livemax",
             registry=r,
         )
         self.edge_switches = Counter(

@@ -35,7 +35,7 @@ def shared_headers(request: Request[Any, Any, Any], keys: str, seconds: int) -> 
         return {"Cache-Control": PRIVATE}
     return {
         "Cache-Control": PUBLIC.format(seconds),
-        "Vary": "Authorization, Cookie",
+        "Vary": "Authorization, Cookie, HX-Request",
         "xkey": keys,
         "Surrogate-Key": keys,
     }

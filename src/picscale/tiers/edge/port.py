@@ -28,6 +28,7 @@ HEALTH_PATH = "/.edge/health"  # answered by the edge itself, never by the origi
 PURGE_TIMEOUT_SECONDS = 2.0
 HEALTH_TIMEOUT_SECONDS = 1.0
 DOWN_AFTER_FAILURES = 2  # one lost probe is not an outage
+PURGE_BATCH = 100  # keys per PURGE: ~3 KB of header, well under Varnish's 8 KB limit
 
 
 class EdgeUnavailable(RuntimeError):
@@ -74,7 +75,6 @@ class HttpEdge:
         self._up = False  # until the first check says otherwise: origin URLs always work
         self._failures = 0
         self._session: aiohttp.ClientSession | None = None
-        metrics.edge_up.set(0)
 
     def base_url(self) -> str:
         return self.url if self._up else ""
@@ -91,8 +91,10 @@ class HttpEdge:
         return self._session
 
     async def purge(self, keys: Sequence[str]) -> None:
-        if not keys:
-            return
+        for start in range(0, len(keys), PURGE_BATCH):
+            await self._purge(keys[start : start + PURGE_BATCH])
+
+    async def _purge(self, keys: Sequence[str]) -> None:
         try:
             async with self._client().request(
                 "PURGE",
@@ -142,8 +144,12 @@ class HttpEdge:
             log.warning("edge_down", edge=self.url, urls="origin")
 
     async def watch(self, stop: asyncio.Event) -> None:
+        self._metrics.edge_up.set(0)  # origin URLs until the first check passes
         while not stop.is_set():
-            await self.check()
+            try:
+                await self.check()
+            except Exception:  # the watch must outlive any one check
+                log.exception("edge_check_failed", edge=self.url)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self._interval)
 

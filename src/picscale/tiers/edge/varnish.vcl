@@ -1,9 +1,11 @@
 vcl 4.1;
 # Picscale's CDN edge: Varnish 7.1 with varnish-modules' xkey (Debian: varnish,
 # varnish-modules). Rendered by picscale.tiers.edge.varnish.render_vcl, which fills in its
-# placeholders (origin, purge ACL, timings). What it does:
+# placeholders (origin, purge ACL, timings; a literal dollar is written twice). What it
+# does:
 # - keeps media variants (large, thumb) and static files; originals go to the origin
 #   every time (they are big, rarely viewed, and would crowd out the variants: README);
+# - probes the origin's /readyz; keeps /metrics and /readyz to itself (404 at the edge);
 # - purges by surrogate key: PURGE with `xkey-purge: photo-1 user-2`, from the ACL only;
 # - serves stale objects for a grace period while the origin is down (stale-if-error),
 #   and for a few seconds while it revalidates (stale-while-revalidate);
@@ -20,7 +22,7 @@ backend origin {
     .first_byte_timeout = 30s;
     .between_bytes_timeout = 10s;
     .probe = {
-        .url = "/healthz";
+        .url = "/readyz";  # alive is not enough: its database, queue and store answer
         .timeout = 1s;
         .interval = ${probe_interval};
         .window = 3;
@@ -34,8 +36,14 @@ ${purgers}
 }
 
 sub vcl_recv {
+    # these say what the edge did; a client does not get to say it
+    unset req.http.x-edge-pass;
+    unset req.http.x-edge-stale;
     if (req.url == "/.edge/health") {
         return (synth(200, "edge ok"));
+    }
+    if (req.url ~ "^/(metrics|readyz)(\?|$$)") {
+        return (synth(404, "not served at the edge"));
     }
     if (req.method == "PURGE") {
         if (client.ip !~ purgers) {
@@ -54,7 +62,10 @@ sub vcl_recv {
     if (req.method != "GET" && req.method != "HEAD") {
         return (pass);
     }
-    if (req.url ~ "^/media/[0-9]+/v[0-9]+/original\.") {
+    # of the media, only the variants pages show are kept (originals are big and rarely
+    # viewed: README); an allow-list, so no other spelling of a URL gets in
+    if (req.url ~ "^/media/" &&
+        req.url !~ "^/media/[0-9]+/v[0-9]+/(large|thumb)\.(jpg|png|webp)$$") {
         return (pass);
     }
     if (req.url ~ "^/(media|static)/") {
@@ -66,6 +77,10 @@ sub vcl_recv {
     # anything else is kept only for anonymous visitors, and only when the origin says
     # it may be (Cache-Control: public, s-maxage)
     if (req.http.Cookie || req.http.Authorization) {
+        return (pass);
+    }
+    # htmx asks for fragments at the URLs of whole pages: never share those
+    if (req.http.HX-Request) {
         return (pass);
     }
     return (hash);
@@ -82,6 +97,11 @@ sub vcl_pass {
 }
 
 sub vcl_backend_response {
+    if (beresp.status >= 500 && bereq.is_bgfetch) {
+        # a failed revalidation keeps the stale copy (stale-if-error) instead of
+        # replacing it with the error
+        return (abandon);
+    }
     if (beresp.status >= 400) {
         # an error (a deleted photo's 404) is not kept: the next request asks again
         set beresp.ttl = 0s;

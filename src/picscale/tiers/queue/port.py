@@ -26,6 +26,7 @@ class NewJob:
     payload: dict[str, Any]
     photo_id: int | None = None
     owner_id: int | None = None
+    max_attempts: int | None = None  # this job's own limit, over the queue's default
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +111,7 @@ async def insert_job(
             owner_id=job.owner_id,
             status="queued",
             attempts=0,
-            max_attempts=max_attempts,
+            max_attempts=job.max_attempts or max_attempts,
             available_at=now,
             created_at=now,
             updated_at=now,
