@@ -6,7 +6,7 @@ set -euo pipefail
 
 case "${1:-test}" in
   run)   wanted=(ca-certificates) ;;
-  test)  wanted=(ca-certificates chromium postgresql-15 patroni etcd-server redis-server rabbitmq-server varnish varnish-modules) ;;
+  test)  wanted=(ca-certificates chromium postgresql-15 patroni etcd-server redis-server rabbitmq-server varnish varnish-modules haproxy) ;;
   bench) wanted=(ca-certificates wrk postgresql-15) ;;
   *) echo "usage: $0 run|test|bench" >&2; exit 2 ;;
 esac

@@ -432,3 +432,109 @@ def edge_vcl(origin: str, purgers: tuple[str, ...]) -> None:
         raise click.BadParameter("use HOST:PORT, e.g. 127.0.0.1:8000", param_hint="--origin")
     vcl = render_vcl(host, int(port), purgers=purgers) if purgers else render_vcl(host, int(port))
     click.echo(vcl, nl=False)
+
+
+# -- the lab ----------------------------------------------------------------------------
+
+lab_dir_option = click.option(
+    "--dir",
+    "lab_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".lab"),
+    show_default=True,
+    help="Where the lab keeps all its state.",
+)
+
+
+def _lab_call(action: Callable[[], T]) -> T:
+    from picscale.lab.lab import LabError
+
+    try:
+        return action()
+    except LabError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.group()
+def lab() -> None:
+    """The real engines of each stage of the scaling path, on this machine."""
+
+
+@lab.command("up")
+@lab_dir_option
+@click.option("--stage", type=click.IntRange(1), default=1, show_default=True)
+def lab_up(lab_dir: Path, stage: int) -> None:
+    """Bring a stage up (or resume it); ends when every component is healthy."""
+    from picscale.lab import lab as labs
+
+    started = _lab_call(lambda: labs.up(lab_dir, stage, lambda line: click.echo(line, err=True)))
+    for name, url in labs.urls(started).items():
+        click.echo(f"{name:<16} {url}")
+
+
+@lab.command("status")
+@lab_dir_option
+def lab_status(lab_dir: Path) -> None:
+    """A table of the lab's components."""
+    from picscale.lab import lab as labs
+
+    rows = _lab_call(lambda: labs.status(lab_dir))
+    columns = ["component", "role", "address", "pid", "state", "health", "figure"]
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
+    click.echo("  ".join(c.ljust(widths[c]) for c in columns).rstrip())
+    for row in rows:
+        click.echo("  ".join(str(row[c]).ljust(widths[c]) for c in columns).rstrip())
+
+
+@lab.command("kill")
+@lab_dir_option
+@click.argument("name")
+def lab_kill(lab_dir: Path, name: str) -> None:
+    """SIGKILL a component (it stays down until `lab start`)."""
+    from picscale.lab import lab as labs
+
+    pid = _lab_call(lambda: labs.kill(lab_dir, name))
+    click.echo(f"killed {name} (pid {pid})")
+
+
+@lab.command("start")
+@lab_dir_option
+@click.argument("name")
+def lab_start(lab_dir: Path, name: str) -> None:
+    """Start a component again; ends when it is healthy."""
+    from picscale.lab import lab as labs
+
+    _lab_call(lambda: labs.start(lab_dir, name))
+    click.echo(f"{name} is healthy")
+
+
+@lab.command("logs")
+@lab_dir_option
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
+@click.argument("names", nargs=-1)
+def lab_logs(lab_dir: Path, follow: bool, names: tuple[str, ...]) -> None:
+    """Every component's lines (or those named) in one time-ordered stream."""
+    from picscale.lab import lab as labs
+
+    seen: dict[str, int] = {}
+    for _, name, line in _lab_call(lambda: list(labs.log_lines(lab_dir, list(names)))):
+        seen[name] = seen.get(name, 0) + 1
+        click.echo(f"{name:<9} | {line}")
+    while follow:
+        time.sleep(0.5)  # following files as they grow
+        counts: dict[str, int] = {}
+        for _, name, line in labs.log_lines(lab_dir, list(names)):
+            counts[name] = counts.get(name, 0) + 1
+            if counts[name] > seen.get(name, 0):
+                click.echo(f"{name:<9} | {line}")
+        seen.update(counts)
+
+
+@lab.command("down")
+@lab_dir_option
+def lab_down(lab_dir: Path) -> None:
+    """Stop everything the lab started (by pid) and check that nothing is left."""
+    from picscale.lab import lab as labs
+
+    stopped = _lab_call(lambda: labs.down(lab_dir, lambda line: click.echo(line, err=True)))
+    click.echo(f"stopped {len(stopped)} processes; none is left")

@@ -1,0 +1,226 @@
+"""What runs at each stage of the lab: components, their commands, ports and health."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+HAPROXY = "/usr/sbin/haproxy"
+DATABASE = "picscale"
+
+STAGES = {
+    1: "one server: `picscale serve` with embedded SQLite, cache, queue and media",
+    2: "a separate database: PostgreSQL on its own, one web server",
+    3: "a load balancer: HAProxy in front of 2 stateless web servers",
+}
+MAX_STAGE = max(STAGES)
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    role: str
+    command: list[str]
+    port: int
+    health: str  # "http://…" answered 200, or "pg" (pg_isready)
+    env: dict[str, str] = field(default_factory=dict)
+    user: str | None = None
+    stop_signal: str = "TERM"
+
+
+@dataclass
+class Layout:
+    """Where a lab keeps its state, and the ports it was given (kept across restarts)."""
+
+    root: Path
+    ports: dict[str, int]
+    secret_key: str
+    stage: int
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def run(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def pgdata(self) -> Path:
+        return self.root / "postgres"
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.ports[name]}"
+
+    @property
+    def database_url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.ports['postgres']}/{DATABASE}"
+
+
+def web_servers(stage: int) -> int:
+    return 2 if stage >= 3 else 1
+
+
+def components(layout: Layout) -> list[Component]:
+    """Everything stage ``layout.stage`` runs, in the order it starts."""
+    stage = layout.stage
+    out: list[Component] = []
+    if stage >= 2:
+        out.append(
+            Component(
+                name="postgres",
+                role="database primary",
+                command=[
+                    str(PG_BIN / "postgres"),
+                    "-D",
+                    str(layout.pgdata),
+                    "-p",
+                    str(layout.ports["postgres"]),
+                    "-c",
+                    "listen_addresses=127.0.0.1",
+                    "-c",
+                    f"unix_socket_directories={layout.pgdata}",
+                    "-c",
+                    "max_connections=200",
+                    "-c",
+                    "log_line_prefix=%m [%p] ",
+                ],
+                port=layout.ports["postgres"],
+                health="pg",
+                user="postgres" if os.geteuid() == 0 else None,
+                stop_signal="INT",  # PostgreSQL's fast shutdown
+            )
+        )
+    for n in range(1, web_servers(stage) + 1):
+        name = f"web{n}"
+        env = {
+            "PICSCALE_DATA_DIR": str(layout.data),
+            "PICSCALE_SECRET_KEY": layout.secret_key,
+            "PICSCALE_LOG_LEVEL": "info",
+            "PYTHONUNBUFFERED": "1",
+        }
+        if stage >= 2:
+            env["PICSCALE_DATABASE_URL"] = layout.database_url
+        out.append(
+            Component(
+                name=name,
+                role="web server",
+                command=[
+                    sys.executable,
+                    "-m",
+                    "picscale",
+                    "serve",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(layout.ports[name]),
+                    "--workers",
+                    "1",
+                    "--job-workers",
+                    "1",
+                ],
+                port=layout.ports[name],
+                health=f"http://127.0.0.1:{layout.ports[name]}/readyz",
+                env=env,
+            )
+        )
+    if stage >= 3:
+        out.append(
+            Component(
+                name="haproxy",
+                role="load balancer",
+                command=[HAPROXY, "-db", "-f", str(layout.root / "haproxy.cfg")],
+                port=layout.ports["haproxy"],
+                health=f"http://127.0.0.1:{layout.ports['haproxy']}/healthz",
+            )
+        )
+    return out
+
+
+# every port a lab may need, given once at its first `up` and kept
+PORT_NAMES = ("supervisor", "web1", "web2", "postgres", "haproxy", "haproxy_stats")
+
+
+def prepare_postgres(layout: Layout) -> None:
+    """initdb once, as the postgres user when we are root (PostgreSQL refuses root)."""
+    if (layout.pgdata / "PG_VERSION").exists():
+        return
+    layout.pgdata.mkdir(parents=True, exist_ok=True)
+    kwargs: dict[str, object] = {}
+    if os.geteuid() == 0:
+        entry = pwd.getpwnam("postgres")
+        for path in (layout.root, layout.pgdata):
+            path.chmod(0o755 if path == layout.root else 0o700)
+        shutil.chown(layout.pgdata, entry.pw_uid, entry.pw_gid)
+        kwargs = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+    subprocess.run(
+        [
+            str(PG_BIN / "initdb"),
+            "-D",
+            str(layout.pgdata),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-instructions",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        **kwargs,  # type: ignore[call-overload]
+    )
+
+
+def haproxy_config(layout: Layout) -> str:
+    servers = "\n".join(
+        f"    server web{n} 127.0.0.1:{layout.ports[f'web{n}']}"
+        for n in range(1, web_servers(layout.stage) + 1)
+    )
+    return f"""# rendered by `picscale lab up`: HAProxy in front of the stateless web servers
+global
+    log stdout format raw local0 info
+    stats socket {layout.run}/haproxy.sock mode 600 level admin
+
+defaults
+    mode http
+    log global
+    option httplog
+    timeout connect 2s
+    timeout client 60s
+    timeout server 60s
+    # a request to a server that dies is retried, once, on another one
+    retries 2
+    option redispatch 1
+    retry-on conn-failure empty-response response-timeout
+
+frontend web
+    bind 127.0.0.1:{layout.ports["haproxy"]}
+    default_backend webs
+
+frontend stats
+    bind 127.0.0.1:{layout.ports["haproxy_stats"]}
+    http-request use-service prometheus-exporter if {{ path /metrics }}
+    stats enable
+    stats uri /stats
+    stats refresh 2s
+
+backend webs
+    # no stickiness: any web server serves any user (sessions live in the database)
+    balance leastconn
+    option httpchk GET /readyz
+    http-check expect status 200
+    default-server inter 1s fall 2 rise 2 check
+{servers}
+"""

@@ -1,0 +1,358 @@
+"""The lab's commands: up, status, start, kill, logs, down."""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from picscale.lab.components import (
+    DATABASE,
+    MAX_STAGE,
+    PG_BIN,
+    PORT_NAMES,
+    STAGES,
+    Component,
+    Layout,
+    components,
+    haproxy_config,
+    prepare_postgres,
+)
+from picscale.lab.supervisor import Supervisor, alive, render_config
+
+STATE = "lab.json"
+START_TIMEOUT_SECONDS = 90.0
+
+
+class LabError(RuntimeError):
+    """Something the user can fix; the message says how."""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Lab:
+    layout: Layout
+    password: str
+
+    @property
+    def supervisor(self) -> Supervisor:
+        return Supervisor(self.layout, self.password)
+
+    @property
+    def components(self) -> list[Component]:
+        return components(self.layout)
+
+    def save(self) -> None:
+        state = {
+            "stage": self.layout.stage,
+            "ports": self.layout.ports,
+            "secret_key": self.layout.secret_key,
+            "password": self.password,
+        }
+        path = self.layout.root / STATE
+        path.write_text(json.dumps(state, indent=2) + "\n")
+        path.chmod(0o600)
+
+    @classmethod
+    def load(cls, root: Path) -> Lab | None:
+        path = root / STATE
+        if not path.exists():
+            return None
+        state = json.loads(path.read_text())
+        layout = Layout(root.resolve(), state["ports"], state["secret_key"], state["stage"])
+        return cls(layout, state["password"])
+
+    @classmethod
+    def create(cls, root: Path, stage: int) -> Lab:
+        root.mkdir(parents=True, exist_ok=True)
+        ports = {name: _free_port() for name in PORT_NAMES}
+        layout = Layout(root.resolve(), ports, secrets.token_urlsafe(48), stage)
+        lab = cls(layout, secrets.token_urlsafe(24))
+        lab.save()
+        return lab
+
+
+def healthy(component: Component) -> bool:
+    if component.health == "pg":
+        result = subprocess.run(
+            [str(PG_BIN / "pg_isready"), "-h", "127.0.0.1", "-p", str(component.port), "-q"],
+            check=False,
+            timeout=10,
+        )
+        return result.returncode == 0
+    try:
+        with urllib.request.urlopen(component.health, timeout=2) as response:  # noqa: S310
+            return int(response.status) == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)  # polling a process that is starting
+    raise LabError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+def up(root: Path, stage: int, say: Callable[[str], None]) -> Lab:
+    """Bring stage ``stage`` up, or resume it; refuse another stage while one is up."""
+    if stage not in STAGES:
+        raise LabError(f"stage {stage} is not built yet: choose 1 to {MAX_STAGE}")
+    lab = Lab.load(root)
+    if lab is not None and lab.supervisor.pid() is not None and lab.layout.stage != stage:
+        raise LabError(
+            f"the lab in {root} is up at stage {lab.layout.stage}: `picscale lab down "
+            f"--dir {root}` first, or `lab up --stage {lab.layout.stage}` to resume it"
+        )
+    if lab is None:
+        lab = Lab.create(root, stage)
+    lab.layout.stage = stage
+    lab.save()
+    layout = lab.layout
+    for folder in (layout.logs, layout.run, layout.data):
+        folder.mkdir(parents=True, exist_ok=True)
+    parts = lab.components
+    say(f"stage {stage}: {STAGES[stage]}")
+    if any(c.name == "postgres" for c in parts):
+        say("  preparing PostgreSQL (initdb, once)…")
+        prepare_postgres(layout)
+    if any(c.name == "haproxy" for c in parts):
+        (layout.root / "haproxy.cfg").write_text(haproxy_config(layout))
+    supervisor = lab.supervisor
+    if supervisor.pid() is None:
+        (layout.root / "supervisord.conf").write_text(render_config(layout, parts, lab.password))
+        say("  starting supervisord…")
+        try:
+            supervisor.start()
+        except RuntimeError as exc:
+            raise LabError(str(exc)) from None
+    running = supervisor.processes()
+    for c in parts:
+        state = running.get(c.name, {}).get("statename")
+        if state == "RUNNING" and healthy(c):
+            say(f"  {c.name:<9} {c.role}: already up")
+            continue
+        say(f"  {c.name:<9} {c.role}: starting on 127.0.0.1:{c.port}…")
+        if state != "RUNNING":
+            try:
+                supervisor.start_process(c.name)
+            except Exception as exc:
+                tail = _tail(layout.logs / f"{c.name}.log")
+                raise LabError(f"{c.name} did not start ({exc}); its log ends:\n{tail}") from exc
+        _wait(partial(healthy, c), START_TIMEOUT_SECONDS, f"{c.name} to be healthy")
+        if c.name == "postgres":
+            _create_database(c.port)
+        say(f"  {c.name:<9} healthy")
+    return lab
+
+
+def _create_database(port: int) -> None:
+    psql = [str(PG_BIN / "psql"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-Atq"]
+    exists = subprocess.run(
+        [*psql, "-c", f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    if exists.stdout.strip() != "1":
+        subprocess.run(
+            [*psql, "-c", f"CREATE DATABASE {DATABASE}"],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+
+
+def urls(lab: Lab) -> dict[str, str]:
+    names = {c.name for c in lab.components}
+    front = "haproxy" if "haproxy" in names else "web1"
+    out = {"Picscale": lab.layout.url(front)}
+    if "haproxy" in names:
+        out["HAProxy stats"] = lab.layout.url("haproxy_stats") + "/stats"
+        out["HAProxy metrics"] = lab.layout.url("haproxy_stats") + "/metrics"
+    if "postgres" in names:
+        out["PostgreSQL"] = lab.layout.database_url
+    return out
+
+
+def require(root: Path) -> Lab:
+    lab = Lab.load(root)
+    if lab is None or lab.supervisor.pid() is None:
+        raise LabError(f"no lab is up in {root}: `picscale lab up --stage N --dir {root}`")
+    return lab
+
+
+def status(root: Path) -> list[dict[str, Any]]:
+    lab = require(root)
+    running = lab.supervisor.processes()
+    rows = []
+    for c in lab.components:
+        info = running.get(c.name, {})
+        state = info.get("statename", "UNKNOWN")
+        rows.append(
+            {
+                "component": c.name,
+                "role": c.role,
+                "address": f"127.0.0.1:{c.port}",
+                "pid": info.get("pid") or "-",
+                "state": state.lower(),
+                "health": "healthy" if state == "RUNNING" and healthy(c) else "down",
+                "figure": _figure(lab, c) if state == "RUNNING" else "",
+            }
+        )
+    return rows
+
+
+def _figure(lab: Lab, c: Component) -> str:
+    """One number that says how the component is doing."""
+    try:
+        if c.name == "haproxy":
+            up_servers = _haproxy_up(lab)
+            return f"{up_servers} web servers up"
+        if c.name.startswith("web"):
+            text = _get(f"http://127.0.0.1:{c.port}/metrics")
+            total = sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith("picscale_http_requests_total{")
+            )
+            return f"{total:.0f} requests"
+    except (OSError, ValueError):
+        return "?"
+    return ""
+
+
+def _haproxy_up(lab: Lab) -> int:
+    text = _get(lab.layout.url("haproxy_stats") + "/metrics")
+    return sum(
+        1
+        for line in text.splitlines()
+        if line.startswith('haproxy_server_status{proxy="webs"')
+        and 'state="UP"' in line
+        and line.endswith(" 1")
+    )
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=3) as response:  # noqa: S310
+        return str(response.read().decode())
+
+
+def component(lab: Lab, name: str) -> Component:
+    for c in lab.components:
+        if c.name == name:
+            return c
+    names = ", ".join(c.name for c in lab.components)
+    raise LabError(f"no component {name!r} at stage {lab.layout.stage}: choose from {names}")
+
+
+def kill(root: Path, name: str) -> int:
+    """SIGKILL a component (and its process group); returns the pid it had."""
+    lab = require(root)
+    component(lab, name)
+    info = lab.supervisor.processes().get(name, {})
+    if info.get("statename") != "RUNNING":
+        raise LabError(f"{name} is not running ({str(info.get('statename', '?')).lower()})")
+    pid = int(info["pid"])
+    lab.supervisor.kill(name)
+    _wait(lambda: not alive(pid), 30, f"{name} (pid {pid}) to die")
+    return pid
+
+
+def start(root: Path, name: str) -> None:
+    lab = require(root)
+    c = component(lab, name)
+    if lab.supervisor.processes().get(name, {}).get("statename") != "RUNNING":
+        lab.supervisor.start_process(name)
+    _wait(lambda: healthy(c), START_TIMEOUT_SECONDS, f"{name} to be healthy")
+
+
+def down(root: Path, say: Callable[[str], None]) -> list[int]:
+    """Stop everything the lab started; returns the pids that were stopped (all gone)."""
+    lab = Lab.load(root)
+    if lab is None:
+        raise LabError(f"there is no lab in {root}")
+    supervisor = lab.supervisor
+    main_pid = supervisor.pid()
+    if main_pid is None:
+        say("the lab is not running")
+        return []
+    pids = [int(p["pid"]) for p in supervisor.processes().values() if p.get("pid")]
+    say(f"stopping {len(pids)} processes and supervisord (pid {main_pid})…")
+    supervisor.shutdown()
+    everything = [main_pid, *pids]
+    _wait(lambda: not any(alive(p) for p in everything), 90, "every lab process to end")
+    return everything
+
+
+# -- logs ---------------------------------------------------------------------------------
+
+_PG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}) UTC")
+_HAPROXY_TIME = re.compile(r"\[(\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d\.\d{3})\]")
+
+
+def _timestamp(line: str) -> float | None:
+    if line.startswith("{"):
+        try:
+            value = json.loads(line).get("timestamp")
+        except ValueError:
+            return None
+        if isinstance(value, str):
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        return None
+    if m := _PG_TIME.match(line):
+        return datetime.fromisoformat(m.group(1)).replace(tzinfo=UTC).timestamp()
+    if m := _HAPROXY_TIME.search(line):
+        when = datetime.strptime(m.group(1), "%d/%b/%Y:%H:%M:%S.%f")
+        return when.astimezone(UTC).timestamp()
+    return None
+
+
+def log_lines(root: Path, names: list[str]) -> Iterator[tuple[float, str, str]]:
+    """(time, component, line) of the components' logs, in time order; a line without a
+    time of its own goes with the line before it."""
+    lab = Lab.load(root)
+    if lab is None:
+        raise LabError(f"there is no lab in {root}")
+    wanted = names or [c.name for c in lab.components]
+    entries: list[tuple[float, int, str, str]] = []
+    for name in wanted:
+        component(lab, name)
+        path = lab.layout.logs / f"{name}.log"
+        if not path.exists():
+            continue
+        last = 0.0
+        for n, line in enumerate(path.read_text(errors="replace").splitlines()):
+            when = _timestamp(line)
+            last = when if when is not None else last
+            entries.append((last, n, name, line))
+    entries.sort(key=lambda e: (e[0], e[2], e[1]))
+    for when, _, name, line in entries:
+        yield when, name, line
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

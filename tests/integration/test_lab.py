@@ -1,0 +1,151 @@
+"""`picscale lab` at stage 3 (PostgreSQL, 2 web servers, HAProxy), under supervisord:
+up, status, a web server killed under load, logs, down with nothing left."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from support import wait_until
+
+
+def lab(*args: str, lab_dir: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "picscale", "lab", *args, "--dir", str(lab_dir)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    if check:
+        assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def pids_alive(pids: list[int]) -> list[int]:
+    alive = []
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        stat = Path(f"/proc/{pid}/stat")
+        if stat.exists() and stat.read_text().split(")")[-1].split()[0] != "Z":
+            alive.append(pid)
+    return alive
+
+
+def status(lab_dir: Path) -> dict[str, dict[str, str]]:
+    lines = lab("status", lab_dir=lab_dir).stdout.splitlines()
+    header = lines[0].split()
+    rows = {}
+    for line in lines[1:]:
+        cells = re.split(r"\s{2,}", line.strip())
+        rows[cells[0]] = dict(zip(header, cells, strict=False))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def lab_dir() -> Iterator[Path]:
+    # under /tmp itself: the postgres user must be able to reach its data directory
+    root = Path(tempfile.mkdtemp(prefix="picscale-lab-"))
+    try:
+        yield root
+    finally:
+        if (root / "lab.json").exists():
+            lab("down", lab_dir=root, check=False)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_stage_3_up_survives_a_dead_web_server_and_goes_down_cleanly(lab_dir: Path) -> None:
+    started = lab("up", "--stage", "3", lab_dir=lab_dir)
+    for name in ("postgres", "web1", "web2", "haproxy"):
+        assert f"{name}" in started.stderr and "healthy" in started.stderr
+    front = re.search(r"^Picscale\s+(http://\S+)$", started.stdout, re.MULTILINE)
+    assert front is not None, started.stdout
+    base = front.group(1)
+    rows = status(lab_dir)
+    assert set(rows) == {"postgres", "web1", "web2", "haproxy"}
+    assert all(r["health"] == "healthy" for r in rows.values()), rows
+    pids = [int(r["pid"]) for r in rows.values()]
+    supervisord = int((lab_dir / "supervisord.pid").read_text())
+
+    # one lab per directory: another stage is refused, the same one resumes
+    other = lab("up", "--stage", "2", lab_dir=lab_dir, check=False)
+    assert other.returncode != 0 and "lab down" in other.stderr
+    again = lab("up", "--stage", "3", lab_dir=lab_dir)
+    assert again.stderr.count("already up") == 4
+    assert int((lab_dir / "supervisord.pid").read_text()) == supervisord
+
+    # a user signs up through the load balancer; any web server knows them
+    client = httpx.Client(base_url=base, timeout=30)
+    name = f"lab_{uuid.uuid4().hex[:8]}"
+    password = "correct horse battery"
+    assert (
+        client.post("/api/v1/users", json={"username": name, "password": password}).status_code
+        == 201
+    )
+    token = client.post("/api/v1/sessions", json={"username": name, "password": password})
+    client.headers["Authorization"] = f"Bearer {token.json()['token']}"
+    client.cookies.clear()
+
+    # web1 dies while requests flow: HAProxy retries them on web2, no one sees a failure
+    codes: list[int] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(base_url=base, timeout=30) as reader:
+            reader.headers["Authorization"] = client.headers["Authorization"]
+            while not stop.is_set() and len(codes) < 2000:
+                try:
+                    codes.append(reader.get("/api/v1/me").status_code)
+                except httpx.HTTPError:
+                    codes.append(0)
+
+    thread = threading.Thread(target=load)
+    thread.start()
+    try:
+        wait_until(lambda: len(codes) >= 50, timeout=30, what="requests before the kill")
+        killed = lab("kill", "web1", lab_dir=lab_dir)
+        assert re.search(r"killed web1 \(pid \d+\)", killed.stdout)
+        before = len(codes)
+        wait_until(lambda: len(codes) >= before + 200, timeout=60, what="requests after it")
+    finally:
+        stop.set()
+        thread.join()
+    assert codes.count(200) == len(codes), sorted(set(codes))
+    rows = status(lab_dir)
+    assert rows["web1"]["health"] == "down" and rows["web2"]["health"] == "healthy"
+    lab("start", "web1", lab_dir=lab_dir)
+    wait_until(
+        lambda: "2 web servers up" in status(lab_dir)["haproxy"].get("figure", ""),
+        timeout=30,
+        what="HAProxy to see web1 again",
+    )
+
+    # one stream of every component's lines, in time order
+    logs = lab("logs", lab_dir=lab_dir).stdout.splitlines()
+    sources = {line.split("|", 1)[0].strip() for line in logs}
+    assert {"postgres", "web1", "web2", "haproxy"} <= sources
+    stamps = [json.loads(line.split("| ", 1)[1])["timestamp"] for line in logs if "| {" in line]
+    assert stamps == sorted(stamps)
+    only = lab("logs", "haproxy", lab_dir=lab_dir).stdout.splitlines()
+    assert only and all(line.startswith("haproxy") for line in only)
+
+    pids = [*pids, *(int(r["pid"]) for r in status(lab_dir).values()), supervisord]
+    down = lab("down", lab_dir=lab_dir)
+    assert "none is left" in down.stdout
+    assert pids_alive(pids) == []
+    assert lab("status", lab_dir=lab_dir, check=False).returncode != 0
