@@ -486,6 +486,20 @@ def lab_status(lab_dir: Path) -> None:
         click.echo("  ".join(str(row[c]).ljust(widths[c]) for c in columns).rstrip())
 
 
+@lab.command("scale")
+@lab_dir_option
+@click.argument("spec", metavar="web=N")
+def lab_scale(lab_dir: Path, spec: str) -> None:
+    """Grow or shrink the web tier behind HAProxy, without restarting it."""
+    from picscale.lab import lab as labs
+
+    tier, _, count = spec.partition("=")
+    if tier != "web" or not count.isdigit():
+        raise click.BadParameter("use web=N, e.g. web=4", param_hint="web=N")
+    _lab_call(lambda: labs.scale_web(lab_dir, int(count), lambda s: click.echo(s, err=True)))
+    click.echo(f"web servers: {count}")
+
+
 @lab.command("kill")
 @lab_dir_option
 @click.argument("name")

@@ -12,7 +12,7 @@ import sys
 import tempfile
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -101,30 +101,38 @@ def test_stage_3_up_survives_a_dead_web_server_and_goes_down_cleanly(lab_dir: Pa
     client.headers["Authorization"] = f"Bearer {token.json()['token']}"
     client.cookies.clear()
 
+    def under_load(action: Callable[[], None], after: int = 200) -> list[int]:
+        """Status codes of GET /api/v1/me sent without pause while ``action`` runs."""
+        codes: list[int] = []
+        stop = threading.Event()
+
+        def load() -> None:
+            with httpx.Client(base_url=base, timeout=30) as reader:
+                reader.headers["Authorization"] = client.headers["Authorization"]
+                while not stop.is_set() and len(codes) < 5000:
+                    try:
+                        codes.append(reader.get("/api/v1/me").status_code)
+                    except httpx.HTTPError:
+                        codes.append(0)
+
+        thread = threading.Thread(target=load)
+        thread.start()
+        try:
+            wait_until(lambda: len(codes) >= 50, timeout=30, what="requests before")
+            action()
+            before = len(codes)
+            wait_until(lambda: len(codes) >= before + after, timeout=60, what="requests after")
+        finally:
+            stop.set()
+            thread.join()
+        return codes
+
     # web1 dies while requests flow: HAProxy retries them on web2, no one sees a failure
-    codes: list[int] = []
-    stop = threading.Event()
-
-    def load() -> None:
-        with httpx.Client(base_url=base, timeout=30) as reader:
-            reader.headers["Authorization"] = client.headers["Authorization"]
-            while not stop.is_set() and len(codes) < 2000:
-                try:
-                    codes.append(reader.get("/api/v1/me").status_code)
-                except httpx.HTTPError:
-                    codes.append(0)
-
-    thread = threading.Thread(target=load)
-    thread.start()
-    try:
-        wait_until(lambda: len(codes) >= 50, timeout=30, what="requests before the kill")
+    def kill_web1() -> None:
         killed = lab("kill", "web1", lab_dir=lab_dir)
         assert re.search(r"killed web1 \(pid \d+\)", killed.stdout)
-        before = len(codes)
-        wait_until(lambda: len(codes) >= before + 200, timeout=60, what="requests after it")
-    finally:
-        stop.set()
-        thread.join()
+
+    codes = under_load(kill_web1)
     assert codes.count(200) == len(codes), sorted(set(codes))
     rows = status(lab_dir)
     assert rows["web1"]["health"] == "down" and rows["web2"]["health"] == "healthy"
@@ -134,6 +142,19 @@ def test_stage_3_up_survives_a_dead_web_server_and_goes_down_cleanly(lab_dir: Pa
         timeout=30,
         what="HAProxy to see web1 again",
     )
+
+    # the web tier grows and shrinks through HAProxy's runtime API, under load
+    haproxy_pid = status(lab_dir)["haproxy"]["pid"]
+    codes = under_load(lambda: lab("scale", "web=3", lab_dir=lab_dir) and None)
+    assert codes.count(200) == len(codes), sorted(set(codes))
+    rows = status(lab_dir)
+    assert rows["web3"]["health"] == "healthy" and "3 web servers up" in rows["haproxy"]["figure"]
+    extra_pid = int(rows["web3"]["pid"])
+    codes = under_load(lambda: lab("scale", "web=2", lab_dir=lab_dir) and None)
+    assert codes.count(200) == len(codes), sorted(set(codes))
+    rows = status(lab_dir)
+    assert "web3" not in rows and pids_alive([extra_pid]) == []
+    assert rows["haproxy"]["pid"] == haproxy_pid  # never restarted
 
     # one stream of every component's lines, in time order
     logs = lab("logs", lab_dir=lab_dir).stdout.splitlines()

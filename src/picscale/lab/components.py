@@ -42,6 +42,11 @@ class Layout:
     ports: dict[str, int]
     secret_key: str
     stage: int
+    webs: int = 0  # web servers running now (0: the stage's own number)
+
+    @property
+    def web_count(self) -> int:
+        return self.webs or web_servers(self.stage)
 
     @property
     def logs(self) -> Path:
@@ -67,12 +72,17 @@ class Layout:
         return f"postgresql://postgres@127.0.0.1:{self.ports['postgres']}/{DATABASE}"
 
 
+MAX_WEB_SERVERS = 8  # slots behind the load balancer: `lab scale web=N` fills them
+
+
 def web_servers(stage: int) -> int:
+    """How many web servers a stage starts with."""
     return 2 if stage >= 3 else 1
 
 
-def components(layout: Layout) -> list[Component]:
-    """Everything stage ``layout.stage`` runs, in the order it starts."""
+def components(layout: Layout, *, every_slot: bool = False) -> list[Component]:
+    """Everything stage ``layout.stage`` runs now, in the order it starts (``every_slot``:
+    with every web server the load balancer has a slot for, for supervisord's config)."""
     stage = layout.stage
     out: list[Component] = []
     if stage >= 2:
@@ -101,7 +111,8 @@ def components(layout: Layout) -> list[Component]:
                 stop_signal="INT",  # PostgreSQL's fast shutdown
             )
         )
-    for n in range(1, web_servers(stage) + 1):
+    count = MAX_WEB_SERVERS if every_slot and stage >= 3 else layout.web_count
+    for n in range(1, count + 1):
         name = f"web{n}"
         env = {
             "PICSCALE_DATA_DIR": str(layout.data),
@@ -148,7 +159,13 @@ def components(layout: Layout) -> list[Component]:
 
 
 # every port a lab may need, given once at its first `up` and kept
-PORT_NAMES = ("supervisor", "web1", "web2", "postgres", "haproxy", "haproxy_stats")
+PORT_NAMES = (
+    "supervisor",
+    *(f"web{n}" for n in range(1, MAX_WEB_SERVERS + 1)),
+    "postgres",
+    "haproxy",
+    "haproxy_stats",
+)
 
 
 def prepare_postgres(layout: Layout) -> None:
@@ -184,9 +201,12 @@ def prepare_postgres(layout: Layout) -> None:
 
 
 def haproxy_config(layout: Layout) -> str:
+    # a slot for every web server `lab scale` may start; those not running are in
+    # maintenance until the runtime API makes them ready
     servers = "\n".join(
         f"    server web{n} 127.0.0.1:{layout.ports[f'web{n}']}"
-        for n in range(1, web_servers(layout.stage) + 1)
+        + ("" if n <= layout.web_count else " disabled")
+        for n in range(1, MAX_WEB_SERVERS + 1)
     )
     return f"""# rendered by `picscale lab up`: HAProxy in front of the stateless web servers
 global

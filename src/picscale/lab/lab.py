@@ -20,6 +20,7 @@ from typing import Any
 from picscale.lab.components import (
     DATABASE,
     MAX_STAGE,
+    MAX_WEB_SERVERS,
     PG_BIN,
     PORT_NAMES,
     STAGES,
@@ -62,6 +63,7 @@ class Lab:
     def save(self) -> None:
         state = {
             "stage": self.layout.stage,
+            "webs": self.layout.webs,
             "ports": self.layout.ports,
             "secret_key": self.layout.secret_key,
             "password": self.password,
@@ -76,7 +78,12 @@ class Lab:
         if not path.exists():
             return None
         state = json.loads(path.read_text())
-        layout = Layout(root.resolve(), state["ports"], state["secret_key"], state["stage"])
+        ports = state["ports"]
+        for name in PORT_NAMES:  # a lab made by an older version lacks some
+            ports.setdefault(name, _free_port())
+        layout = Layout(
+            root.resolve(), ports, state["secret_key"], state["stage"], state.get("webs", 0)
+        )
         return cls(layout, state["password"])
 
     @classmethod
@@ -125,6 +132,8 @@ def up(root: Path, stage: int, say: Callable[[str], None]) -> Lab:
         )
     if lab is None:
         lab = Lab.create(root, stage)
+    if lab.supervisor.pid() is None:
+        lab.layout.webs = 0  # a fresh start: the stage's own number of web servers
     lab.layout.stage = stage
     lab.save()
     layout = lab.layout
@@ -139,7 +148,8 @@ def up(root: Path, stage: int, say: Callable[[str], None]) -> Lab:
         (layout.root / "haproxy.cfg").write_text(haproxy_config(layout))
     supervisor = lab.supervisor
     if supervisor.pid() is None:
-        (layout.root / "supervisord.conf").write_text(render_config(layout, parts, lab.password))
+        every = components(layout, every_slot=True)  # programs for every web server slot
+        (layout.root / "supervisord.conf").write_text(render_config(layout, every, lab.password))
         say("  starting supervisord…")
         try:
             supervisor.start()
@@ -163,6 +173,67 @@ def up(root: Path, stage: int, say: Callable[[str], None]) -> Lab:
             _create_database(c.port)
         say(f"  {c.name:<9} healthy")
     return lab
+
+
+def scale_web(root: Path, count: int, say: Callable[[str], None]) -> None:
+    """Grow or shrink the web tier behind HAProxy through its runtime API (no restart):
+    a new server starts, becomes healthy, then ready; a server leaving is drained of its
+    connections first, then stopped."""
+    lab = require(root)
+    layout = lab.layout
+    if layout.stage < 3:
+        raise LabError("web servers scale behind the load balancer: stage 3 and up")
+    if not 1 <= count <= MAX_WEB_SERVERS:
+        raise LabError(f"web=N: N from 1 to {MAX_WEB_SERVERS}")
+    current = layout.web_count
+    for n in range(current + 1, count + 1):
+        layout.webs = n
+        c = component(lab, f"web{n}")
+        say(f"  web{n}: starting on 127.0.0.1:{c.port}…")
+        lab.supervisor.start_process(c.name)
+        _wait(partial(healthy, c), START_TIMEOUT_SECONDS, f"{c.name} to be healthy")
+        haproxy_command(layout, f"set server webs/web{n} state ready")
+        lab.save()
+        say(f"  web{n}: in the pool")
+    for n in range(current, count, -1):
+        say(f"  web{n}: draining…")
+        haproxy_command(layout, f"set server webs/web{n} state drain")
+        _wait(partial(_drained, layout, f"web{n}"), 60, f"web{n}'s requests to finish")
+        haproxy_command(layout, f"set server webs/web{n} state maint")
+        lab.supervisor.stop_process(f"web{n}")
+        layout.webs = n - 1
+        lab.save()
+        say(f"  web{n}: stopped")
+
+
+def haproxy_command(layout: Layout, command: str) -> str:
+    """One command on HAProxy's runtime API (its admin socket in the lab directory)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(5)
+        s.connect(str(layout.run / "haproxy.sock"))
+        s.sendall(command.encode() + b"\n")
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    answer = b"".join(chunks).decode().strip()
+    if command.startswith("set ") and answer:  # a set answers nothing when it worked
+        raise LabError(f"HAProxy refused {command!r}: {answer}")
+    return answer
+
+
+def _drained(layout: Layout, server: str) -> bool:
+    return _server_sessions(layout, server) == 0
+
+
+def _server_sessions(layout: Layout, server: str) -> int:
+    """Requests HAProxy has in flight on ``server`` (``show stat``: scur)."""
+    lines = haproxy_command(layout, "show stat").splitlines()
+    header = lines[0].lstrip("# ").split(",")
+    for line in lines[1:]:
+        row = dict(zip(header, line.split(","), strict=False))
+        if row.get("pxname") == "webs" and row.get("svname") == server:
+            return int(row.get("scur") or 0)
+    return 0
 
 
 def _create_database(port: int) -> None:
