@@ -170,3 +170,47 @@ def test_stage_3_up_survives_a_dead_web_server_and_goes_down_cleanly(lab_dir: Pa
     assert "none is left" in down.stdout
     assert pids_alive(pids) == []
     assert lab("status", lab_dir=lab_dir, check=False).returncode != 0
+
+
+def test_stage_4_fails_over_when_the_primary_dies(lab_dir: Path) -> None:
+    """Patroni + etcd with 3 PostgreSQL nodes: the primary is killed (Patroni and its
+    PostgreSQL), a replica takes over, writes through the load balancer resume."""
+    lab("down", lab_dir=lab_dir, check=False)  # whatever the test before left
+    started = lab("up", "--stage", "4", lab_dir=lab_dir)
+    base = re.search(r"^Picscale\s+(http://\S+)$", started.stdout, re.MULTILINE)
+    assert base is not None
+    rows = status(lab_dir)
+    primaries = [n for n, r in rows.items() if r.get("figure") == "primary"]
+    replicas = [n for n, r in rows.items() if r.get("figure", "").startswith("replica")]
+    assert len(primaries) == 1 and len(replicas) == 2, rows
+    client = httpx.Client(base_url=base.group(1), timeout=30)
+
+    def sign_up() -> int:
+        name = f"fo_{uuid.uuid4().hex[:8]}"
+        try:
+            return client.post(
+                "/api/v1/users", json={"username": name, "password": "correct horse battery"}
+            ).status_code
+        except httpx.HTTPError:
+            return 0
+
+    assert sign_up() == 201
+    old = primaries[0]
+    postmaster = int((lab_dir / old / "data" / "postmaster.pid").read_text().split()[0])
+    lab("kill", old, lab_dir=lab_dir)
+    assert pids_alive([postmaster]) == []  # the whole node is gone, not just Patroni
+
+    def new_primary() -> str | None:
+        found = [n for n, r in status(lab_dir).items() if r.get("figure") == "primary"]
+        return found[0] if found and found[0] != old else None
+
+    wait_until(new_primary, timeout=60, interval=0.5, what="a replica to take over")
+    wait_until(lambda: sign_up() == 201, timeout=60, interval=0.5, what="writes to resume")
+    pids = [int(r["pid"]) for r in status(lab_dir).values() if r["pid"] != "-"]
+    postmasters = [
+        int((lab_dir / n / "data" / "postmaster.pid").read_text().split()[0])
+        for n in status(lab_dir)
+        if n.startswith("patroni") and n != old
+    ]
+    assert "none is left" in lab("down", lab_dir=lab_dir).stdout
+    assert pids_alive([*pids, *postmasters]) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shutil
@@ -18,7 +19,9 @@ STAGES = {
     1: "one server: `picscale serve` with embedded SQLite, cache, queue and media",
     2: "a separate database: PostgreSQL on its own, one web server",
     3: "a load balancer: HAProxy in front of 2 stateless web servers",
+    4: "replicas and failover: Patroni + etcd, a primary and 2 streaming replicas",
 }
+PATRONI_NODES = 3
 MAX_STAGE = max(STAGES)
 
 
@@ -69,7 +72,16 @@ class Layout:
 
     @property
     def database_url(self) -> str:
+        if self.stage >= 4:  # every node: the driver finds the one that takes writes
+            hosts = ",".join(
+                f"127.0.0.1:{self.ports[f'pg{n}']}" for n in range(1, PATRONI_NODES + 1)
+            )
+            return f"postgresql://postgres@{hosts}/{DATABASE}?target_session_attrs=read-write"
         return f"postgresql://postgres@127.0.0.1:{self.ports['postgres']}/{DATABASE}"
+
+    @property
+    def patroni_url(self) -> str:
+        return ",".join(self.url(f"patroni{n}") for n in range(1, PATRONI_NODES + 1))
 
 
 MAX_WEB_SERVERS = 8  # slots behind the load balancer: `lab scale web=N` fills them
@@ -85,7 +97,41 @@ def components(layout: Layout, *, every_slot: bool = False) -> list[Component]:
     with every web server the load balancer has a slot for, for supervisord's config)."""
     stage = layout.stage
     out: list[Component] = []
-    if stage >= 2:
+    as_postgres = "postgres" if os.geteuid() == 0 else None
+    if stage >= 4:
+        etcd = layout.ports["etcd"]
+        peer = layout.ports["etcd_peer"]
+        out.append(
+            Component(
+                name="etcd",
+                role="consensus store (Patroni's leader key)",
+                command=[
+                    "etcd",
+                    "--name=e1",
+                    f"--data-dir={layout.root / 'etcd'}",
+                    f"--listen-client-urls=http://127.0.0.1:{etcd}",
+                    f"--advertise-client-urls=http://127.0.0.1:{etcd}",
+                    f"--listen-peer-urls=http://127.0.0.1:{peer}",
+                    f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
+                    f"--initial-cluster=e1=http://127.0.0.1:{peer}",
+                    "--log-level=warn",
+                ],
+                port=etcd,
+                health=f"http://127.0.0.1:{etcd}/health",
+            )
+        )
+        for n in range(1, PATRONI_NODES + 1):
+            out.append(
+                Component(
+                    name=f"patroni{n}",
+                    role="PostgreSQL under Patroni",
+                    command=["patroni", str(layout.root / f"patroni{n}" / "patroni.yml")],
+                    port=layout.ports[f"pg{n}"],
+                    health=f"http://127.0.0.1:{layout.ports[f'patroni{n}']}/health",
+                    user=as_postgres,
+                )
+            )
+    elif stage >= 2:
         out.append(
             Component(
                 name="postgres",
@@ -107,7 +153,7 @@ def components(layout: Layout, *, every_slot: bool = False) -> list[Component]:
                 ],
                 port=layout.ports["postgres"],
                 health="pg",
-                user="postgres" if os.geteuid() == 0 else None,
+                user=as_postgres,
                 stop_signal="INT",  # PostgreSQL's fast shutdown
             )
         )
@@ -122,6 +168,8 @@ def components(layout: Layout, *, every_slot: bool = False) -> list[Component]:
         }
         if stage >= 2:
             env["PICSCALE_DATABASE_URL"] = layout.database_url
+        if stage >= 4:  # reads go to the replicas Patroni reports
+            env["PICSCALE_DATABASE_PATRONI_URL"] = layout.patroni_url
         out.append(
             Component(
                 name=name,
@@ -165,7 +213,75 @@ PORT_NAMES = (
     "postgres",
     "haproxy",
     "haproxy_stats",
+    "etcd",
+    "etcd_peer",
+    *(f"pg{n}" for n in range(1, PATRONI_NODES + 1)),
+    *(f"patroni{n}" for n in range(1, PATRONI_NODES + 1)),
 )
+
+# quick failover for a demonstration: the leader key lives 10 s, nodes look every second
+PATRONI_DCS = {
+    "ttl": 10,
+    "loop_wait": 1,
+    "retry_timeout": 5,
+    "maximum_lag_on_failover": 1048576,
+    "synchronous_mode": True,  # an acknowledged commit is on a standby too
+    "postgresql": {
+        "use_pg_rewind": True,
+        "use_slots": True,
+        "parameters": {
+            "wal_level": "replica",
+            "hot_standby": "on",
+            "wal_log_hints": "on",
+            "max_wal_senders": 10,
+            "max_replication_slots": 10,
+            "max_connections": 200,
+        },
+    },
+}
+
+
+def prepare_patroni(layout: Layout) -> None:
+    """Each node's directory (owned by postgres when we are root) and configuration."""
+    for n in range(1, PATRONI_NODES + 1):
+        node = layout.root / f"patroni{n}"
+        node.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            layout.root.chmod(0o755)
+            shutil.chown(node, "postgres", "postgres")
+        api, pg = layout.ports[f"patroni{n}"], layout.ports[f"pg{n}"]
+        config = {
+            "scope": "picscale-lab",
+            "name": f"pg{n}",
+            "log": {"level": "INFO"},
+            "restapi": {"listen": f"127.0.0.1:{api}", "connect_address": f"127.0.0.1:{api}"},
+            "etcd3": {"hosts": f"127.0.0.1:{layout.ports['etcd']}"},
+            "bootstrap": {
+                "dcs": PATRONI_DCS,
+                "initdb": [{"encoding": "UTF8"}, {"locale": "C.UTF-8"}],
+                "pg_hba": [
+                    "local all all trust",
+                    "host replication all 127.0.0.1/32 trust",
+                    "host all all 127.0.0.1/32 trust",
+                ],
+            },
+            "postgresql": {
+                "listen": f"127.0.0.1:{pg}",
+                "connect_address": f"127.0.0.1:{pg}",
+                "data_dir": str(node / "data"),
+                "bin_dir": str(PG_BIN),
+                "pgpass": str(node / "pgpass"),
+                "authentication": {
+                    "superuser": {"username": "postgres", "password": "postgres"},
+                    "replication": {"username": "replicator", "password": "replicator"},
+                    "rewind": {"username": "postgres", "password": "postgres"},
+                },
+                "parameters": {"unix_socket_directories": str(node)},
+                # a new replica copies the primary at once, not after a spread checkpoint
+                "basebackup": [{"checkpoint": "fast"}],
+            },
+        }
+        (node / "patroni.yml").write_text(json.dumps(config, indent=2))  # JSON is YAML
 
 
 def prepare_postgres(layout: Layout) -> None:

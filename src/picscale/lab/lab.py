@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
+import signal
 import socket
 import subprocess
 import time
@@ -21,6 +23,7 @@ from picscale.lab.components import (
     DATABASE,
     MAX_STAGE,
     MAX_WEB_SERVERS,
+    PATRONI_NODES,
     PG_BIN,
     PORT_NAMES,
     STAGES,
@@ -28,6 +31,7 @@ from picscale.lab.components import (
     Layout,
     components,
     haproxy_config,
+    prepare_patroni,
     prepare_postgres,
 )
 from picscale.lab.supervisor import Supervisor, alive, render_config
@@ -144,6 +148,8 @@ def up(root: Path, stage: int, say: Callable[[str], None]) -> Lab:
     if any(c.name == "postgres" for c in parts):
         say("  preparing PostgreSQL (initdb, once)…")
         prepare_postgres(layout)
+    if any(c.name.startswith("patroni") for c in parts):
+        prepare_patroni(layout)
     if any(c.name == "haproxy" for c in parts):
         (layout.root / "haproxy.cfg").write_text(haproxy_config(layout))
     supervisor = lab.supervisor
@@ -171,6 +177,9 @@ def up(root: Path, stage: int, say: Callable[[str], None]) -> Lab:
         _wait(partial(healthy, c), START_TIMEOUT_SECONDS, f"{c.name} to be healthy")
         if c.name == "postgres":
             _create_database(c.port)
+        if c.name == "patroni1":
+            leader = _wait_leader(layout)
+            _create_database(layout.ports[f"pg{leader}"])
         say(f"  {c.name:<9} healthy")
     return lab
 
@@ -236,6 +245,35 @@ def _server_sessions(layout: Layout, server: str) -> int:
     return 0
 
 
+def _patroni(layout: Layout, n: int, path: str) -> tuple[int, Any]:
+    url = layout.url(f"patroni{n}") + path
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310
+            return int(response.status), json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        return exc.code, {}
+    except (urllib.error.URLError, OSError, ValueError):
+        return 0, {}
+
+
+def leader_node(layout: Layout) -> int | None:
+    """The number of the Patroni node that is primary now."""
+    for n in range(1, PATRONI_NODES + 1):
+        if _patroni(layout, n, "/primary")[0] == 200:
+            return n
+    return None
+
+
+def _wait_leader(layout: Layout) -> int:
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        found = leader_node(layout)
+        if found is not None:
+            return found
+        time.sleep(0.2)  # Patroni is electing a leader
+    raise LabError(f"no Patroni leader after {START_TIMEOUT_SECONDS:g} s: see `lab logs`")
+
+
 def _create_database(port: int) -> None:
     psql = [str(PG_BIN / "psql"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-Atq"]
     exists = subprocess.run(
@@ -261,8 +299,10 @@ def urls(lab: Lab) -> dict[str, str]:
     if "haproxy" in names:
         out["HAProxy stats"] = lab.layout.url("haproxy_stats") + "/stats"
         out["HAProxy metrics"] = lab.layout.url("haproxy_stats") + "/metrics"
-    if "postgres" in names:
+    if "postgres" in names or "patroni1" in names:
         out["PostgreSQL"] = lab.layout.database_url
+    if "patroni1" in names:
+        out["Patroni"] = lab.layout.patroni_url
     return out
 
 
@@ -300,6 +340,18 @@ def _figure(lab: Lab, c: Component) -> str:
         if c.name == "haproxy":
             up_servers = _haproxy_up(lab)
             return f"{up_servers} web servers up"
+        if c.name.startswith("patroni"):
+            n = int(c.name.removeprefix("patroni"))
+            _, node = _patroni(lab.layout, n, "/patroni")
+            role = str(node.get("role", "?")).replace("master", "primary")
+            if role == "primary":
+                return "primary"
+            _, cluster = _patroni(lab.layout, n, "/cluster")
+            lag = next(
+                (m.get("lag") for m in cluster.get("members", []) if m.get("name") == f"pg{n}"),
+                None,
+            )
+            return f"{role}, lag {lag} bytes" if lag is not None else role
         if c.name.startswith("web"):
             text = _get(f"http://127.0.0.1:{c.port}/metrics")
             total = sum(
@@ -345,9 +397,24 @@ def kill(root: Path, name: str) -> int:
     if info.get("statename") != "RUNNING":
         raise LabError(f"{name} is not running ({str(info.get('statename', '?')).lower()})")
     pid = int(info["pid"])
+    postmaster = _postmaster(lab.layout, name)
     lab.supervisor.kill(name)
+    if postmaster is not None and alive(postmaster):
+        # Patroni runs PostgreSQL in a session of its own: the machine dies with both
+        os.kill(postmaster, signal.SIGKILL)
     _wait(lambda: not alive(pid), 30, f"{name} (pid {pid}) to die")
     return pid
+
+
+def _postmaster(layout: Layout, name: str) -> int | None:
+    """The PostgreSQL a Patroni node runs (its own process session), if it runs."""
+    if not name.startswith("patroni"):
+        return None
+    try:
+        pid = int((layout.root / name / "data" / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if alive(pid) else None
 
 
 def start(root: Path, name: str) -> None:
@@ -369,9 +436,14 @@ def down(root: Path, say: Callable[[str], None]) -> list[int]:
         say("the lab is not running")
         return []
     pids = [int(p["pid"]) for p in supervisor.processes().values() if p.get("pid")]
+    postmasters = [pid for c in components(lab.layout) if (pid := _postmaster(lab.layout, c.name))]
     say(f"stopping {len(pids)} processes and supervisord (pid {main_pid})…")
     supervisor.shutdown()
-    everything = [main_pid, *pids]
+    everything = [main_pid, *pids, *postmasters]
+    _wait(lambda: not any(alive(p) for p in [main_pid, *pids]), 90, "every lab process to end")
+    for pid in postmasters:  # Patroni stopped them; one whose Patroni was killed is ended here
+        if alive(pid):
+            os.kill(pid, signal.SIGINT)  # PostgreSQL's fast shutdown
     _wait(lambda: not any(alive(p) for p in everything), 90, "every lab process to end")
     return everything
 
