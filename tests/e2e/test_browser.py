@@ -23,8 +23,11 @@ from playwright.sync_api import (
     expect,
     sync_playwright,
 )
+from playwright.sync_api import (
+    Error as PlaywrightError,
+)
 
-from support import Server, image_bytes
+from support import Server, image_bytes, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -76,8 +79,20 @@ def watch(page: Page, key: str, *selectors: str) -> None:
 
 
 def watched(page: Page, key: str) -> list[dict[str, Any]]:
+    """What ``watch`` recorded (kept in sessionStorage, so it outlives a reload: the page
+    reloads itself once a new photo is ready, possibly while we ask)."""
+
+    def read() -> str | None:
+        try:
+            text: str = page.evaluate("(key) => sessionStorage.getItem(key) || '[]'", key)
+        except PlaywrightError as exc:
+            if "context was destroyed" not in str(exc):
+                raise
+            return None  # navigating: ask the next document
+        return text
+
     states: list[dict[str, Any]] = json.loads(
-        page.evaluate("(key) => sessionStorage.getItem(key) || '[]'", key)
+        wait_until(read, timeout=30, interval=0.1, what="the recorded states")
     )
     return states
 

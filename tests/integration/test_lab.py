@@ -47,6 +47,14 @@ def pids_alive(pids: list[int]) -> list[int]:
     return alive
 
 
+def timestamp(line: str) -> str | None:
+    try:
+        value = json.loads(line).get("timestamp")
+    except ValueError:
+        return None
+    return value if isinstance(value, str) else None
+
+
 def status(lab_dir: Path) -> dict[str, dict[str, str]]:
     lines = lab("status", lab_dir=lab_dir).stdout.splitlines()
     header = lines[0].split()
@@ -160,8 +168,10 @@ def test_stage_3_up_survives_a_dead_web_server_and_goes_down_cleanly(lab_dir: Pa
     logs = lab("logs", lab_dir=lab_dir).stdout.splitlines()
     sources = {line.split("|", 1)[0].strip() for line in logs}
     assert {"postgres", "web1", "web2", "haproxy"} <= sources
-    stamps = [json.loads(line.split("| ", 1)[1])["timestamp"] for line in logs if "| {" in line]
-    assert stamps == sorted(stamps)
+    stamps = [timestamp(line.split("| ", 1)[1]) for line in logs if "| {" in line]
+    # (a line a process was writing when it was killed has no end: it is not JSON)
+    known = [t for t in stamps if t is not None]
+    assert len(known) > 100 and known == sorted(known)
     only = lab("logs", "haproxy", lab_dir=lab_dir).stdout.splitlines()
     assert only and all(line.startswith("haproxy") for line in only)
 
