@@ -21,28 +21,8 @@ from typing import Any
 import httpx
 
 from pg import PG_BIN, _as_postgres, _owned_dir
+from picscale.lab.components import patroni_node_config
 from support import free_port, wait_until
-
-# short failover: the leader key lives 10 s; nodes look every second
-DCS = {
-    "ttl": 10,
-    "loop_wait": 1,
-    "retry_timeout": 5,
-    "maximum_lag_on_failover": 1048576,
-    "synchronous_mode": True,  # an acknowledged commit is on a standby too
-    "postgresql": {
-        "use_pg_rewind": True,
-        "use_slots": True,
-        "parameters": {
-            "wal_level": "replica",
-            "hot_standby": "on",
-            "wal_log_hints": "on",
-            "max_wal_senders": 10,
-            "max_replication_slots": 10,
-            "max_connections": 200,
-        },
-    },
-}
 
 
 def _alive(pid: int) -> bool:
@@ -252,38 +232,15 @@ def start_patroni_cluster(size: int = 2) -> PatroniCluster:
         if os.geteuid() == 0:
             shutil.chown(node_root, "postgres", "postgres")
         pg_port, api_port = free_port(), free_port()
-        config = {
-            "scope": "picscale",
-            "name": name,
-            "log": {"level": "WARNING"},
-            "restapi": {
-                "listen": f"127.0.0.1:{api_port}",
-                "connect_address": f"127.0.0.1:{api_port}",
-            },
-            "etcd3": {"hosts": f"127.0.0.1:{etcd.client_port}"},
-            "bootstrap": {
-                "dcs": DCS,
-                "initdb": [{"encoding": "UTF8"}, {"locale": "C.UTF-8"}],
-                "pg_hba": [
-                    "local all all trust",
-                    "host replication all 127.0.0.1/32 trust",
-                    "host all all 127.0.0.1/32 trust",
-                ],
-            },
-            "postgresql": {
-                "listen": f"127.0.0.1:{pg_port}",
-                "connect_address": f"127.0.0.1:{pg_port}",
-                "data_dir": str(node_root / "data"),
-                "bin_dir": str(PG_BIN),
-                "pgpass": str(node_root / "pgpass"),
-                "authentication": {
-                    "superuser": {"username": "postgres", "password": "postgres"},
-                    "replication": {"username": "replicator", "password": "replicator"},
-                    "rewind": {"username": "postgres", "password": "postgres"},
-                },
-                "parameters": {"unix_socket_directories": str(node_root)},
-            },
-        }
+        config = patroni_node_config(
+            scope="picscale",
+            name=name,
+            node_dir=node_root,
+            pg_port=pg_port,
+            api_port=api_port,
+            etcd_port=etcd.client_port,
+            log_level="WARNING",
+        )
         path = node_root / "patroni.yml"
         path.write_text(json.dumps(config))  # JSON is YAML
         node = PatroniNode(name, node_root, pg_port, api_port, path)

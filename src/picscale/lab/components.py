@@ -10,6 +10,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 HAPROXY = "/usr/sbin/haproxy"
@@ -241,6 +242,51 @@ PATRONI_DCS = {
 }
 
 
+def patroni_node_config(
+    *,
+    scope: str,
+    name: str,
+    node_dir: Path,
+    pg_port: int,
+    api_port: int,
+    etcd_port: int,
+    log_level: str = "INFO",
+) -> dict[str, Any]:
+    """One Patroni node's configuration: PostgreSQL on loopback, trust inside the machine,
+    its data under ``node_dir`` (the lab and the tests' clusters use the same)."""
+    return {
+        "scope": scope,
+        "name": name,
+        "log": {"level": log_level},
+        "restapi": {"listen": f"127.0.0.1:{api_port}", "connect_address": f"127.0.0.1:{api_port}"},
+        "etcd3": {"hosts": f"127.0.0.1:{etcd_port}"},
+        "bootstrap": {
+            "dcs": PATRONI_DCS,
+            "initdb": [{"encoding": "UTF8"}, {"locale": "C.UTF-8"}],
+            "pg_hba": [
+                "local all all trust",
+                "host replication all 127.0.0.1/32 trust",
+                "host all all 127.0.0.1/32 trust",
+            ],
+        },
+        "postgresql": {
+            "listen": f"127.0.0.1:{pg_port}",
+            "connect_address": f"127.0.0.1:{pg_port}",
+            "data_dir": str(node_dir / "data"),
+            "bin_dir": str(PG_BIN),
+            "pgpass": str(node_dir / "pgpass"),
+            "authentication": {
+                "superuser": {"username": "postgres", "password": "postgres"},
+                "replication": {"username": "replicator", "password": "replicator"},
+                "rewind": {"username": "postgres", "password": "postgres"},
+            },
+            "parameters": {"unix_socket_directories": str(node_dir)},
+            # a new replica copies the primary at once, not after a spread checkpoint
+            "basebackup": [{"checkpoint": "fast"}],
+        },
+    }
+
+
 def prepare_patroni(layout: Layout) -> None:
     """Each node's directory (owned by postgres when we are root) and configuration."""
     for n in range(1, PATRONI_NODES + 1):
@@ -249,38 +295,14 @@ def prepare_patroni(layout: Layout) -> None:
         if os.geteuid() == 0:
             layout.root.chmod(0o755)
             shutil.chown(node, "postgres", "postgres")
-        api, pg = layout.ports[f"patroni{n}"], layout.ports[f"pg{n}"]
-        config = {
-            "scope": "picscale-lab",
-            "name": f"pg{n}",
-            "log": {"level": "INFO"},
-            "restapi": {"listen": f"127.0.0.1:{api}", "connect_address": f"127.0.0.1:{api}"},
-            "etcd3": {"hosts": f"127.0.0.1:{layout.ports['etcd']}"},
-            "bootstrap": {
-                "dcs": PATRONI_DCS,
-                "initdb": [{"encoding": "UTF8"}, {"locale": "C.UTF-8"}],
-                "pg_hba": [
-                    "local all all trust",
-                    "host replication all 127.0.0.1/32 trust",
-                    "host all all 127.0.0.1/32 trust",
-                ],
-            },
-            "postgresql": {
-                "listen": f"127.0.0.1:{pg}",
-                "connect_address": f"127.0.0.1:{pg}",
-                "data_dir": str(node / "data"),
-                "bin_dir": str(PG_BIN),
-                "pgpass": str(node / "pgpass"),
-                "authentication": {
-                    "superuser": {"username": "postgres", "password": "postgres"},
-                    "replication": {"username": "replicator", "password": "replicator"},
-                    "rewind": {"username": "postgres", "password": "postgres"},
-                },
-                "parameters": {"unix_socket_directories": str(node)},
-                # a new replica copies the primary at once, not after a spread checkpoint
-                "basebackup": [{"checkpoint": "fast"}],
-            },
-        }
+        config = patroni_node_config(
+            scope="picscale-lab",
+            name=f"pg{n}",
+            node_dir=node,
+            pg_port=layout.ports[f"pg{n}"],
+            api_port=layout.ports[f"patroni{n}"],
+            etcd_port=layout.ports["etcd"],
+        )
         (node / "patroni.yml").write_text(json.dumps(config, indent=2))  # JSON is YAML
 
 
