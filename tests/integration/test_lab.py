@@ -55,6 +55,19 @@ def timestamp(line: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def group_members(pgid: int) -> list[int]:
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid:
+                members.append(int(entry.name))
+    return members
+
+
 def status(lab_dir: Path) -> dict[str, dict[str, str]]:
     lines = lab("status", lab_dir=lab_dir).stdout.splitlines()
     header = lines[0].split()
@@ -136,9 +149,13 @@ def test_stage_3_up_survives_a_dead_web_server_and_goes_down_cleanly(lab_dir: Pa
         return codes
 
     # web1 dies while requests flow: HAProxy retries them on web2, no one sees a failure
+    web1_group = int(status(lab_dir)["web1"]["pid"])
+
     def kill_web1() -> None:
         killed = lab("kill", "web1", lab_dir=lab_dir)
         assert re.search(r"killed web1 \(pid \d+\)", killed.stdout)
+        # the whole server: its granian and job worker processes too
+        assert pids_alive(group_members(web1_group)) == []
 
     codes = under_load(kill_web1)
     assert codes.count(200) == len(codes), sorted(set(codes))

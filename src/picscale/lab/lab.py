@@ -398,12 +398,29 @@ def kill(root: Path, name: str) -> int:
         raise LabError(f"{name} is not running ({str(info.get('statename', '?')).lower()})")
     pid = int(info["pid"])
     postmaster = _postmaster(lab.layout, name)
-    lab.supervisor.kill(name)
+    # the whole process group supervisord made for it (a web server's granian and job
+    # workers too): supervisord's own signalProcess reaches the first process only, and
+    # children left behind would go on serving
+    os.killpg(pid, signal.SIGKILL)
     if postmaster is not None and alive(postmaster):
         # Patroni runs PostgreSQL in a session of its own: the machine dies with both
         os.kill(postmaster, signal.SIGKILL)
-    _wait(lambda: not alive(pid), 30, f"{name} (pid {pid}) to die")
+    _wait(lambda: not _group_alive(pid), 30, f"{name} (pid {pid}) and its children to die")
     return pid
+
+
+def _group_alive(pgid: int) -> bool:
+    """Any process of group ``pgid`` still running (zombies do not count)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
 
 
 def _postmaster(layout: Layout, name: str) -> int | None:

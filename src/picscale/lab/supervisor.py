@@ -112,9 +112,6 @@ class Supervisor:
     def stop_process(self, name: str) -> None:
         self.rpc.stopProcess(name, True)
 
-    def kill(self, name: str) -> None:
-        self.rpc.signalProcess(name, "KILL")
-
     def shutdown(self) -> None:
         self.rpc.shutdown()
 
