@@ -80,22 +80,31 @@ async def healthz() -> dict[str, str]:
 
 @get("/readyz", summary="Ready: database, queue and storage answer", tags=["ops"])
 async def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+    """503 only when this process can serve nothing: a load balancer takes it out of the
+    pool. A shared dependency whose loss the service rides out does not count, or every
+    server would leave the pool at once and a partial outage would become a whole one:
+    the queue (jobs wait in the database: the lease table, or the outbox while a broker is
+    down), and the primary database while there are replicas (reads go on; writes wait
+    for the failover). Those are reported as "degraded"."""
     services = services_of(request)
     checks: dict[str, str] = {}
 
-    async def check(name: str, probe: Any) -> None:
+    async def check(name: str, probe: Any) -> bool:
         try:
             await asyncio.wait_for(probe(), timeout=2.0)
             checks[name] = "ok"
+            return True
         except Exception as exc:  # a probe reports, it does not crash
             checks[name] = f"failing: {type(exc).__name__}: {exc}"[:300]
+            return False
 
-    await check("database", services.db.ping)
-    await check("queue", services.queue.depth)
-    await check("storage", services.storage.ping)
-    ready = all(v == "ok" for v in checks.values())
+    database = await check("database", services.db.ping)
+    queue = await check("queue", services.queue.depth)
+    storage = await check("storage", services.storage.ping)
+    ready = storage and (database or services.db.replicas is not None)
+    status = "ok" if database and queue and storage else "degraded" if ready else "unavailable"
     return Response(
-        {"status": "ok" if ready else "unavailable", "checks": checks},
+        {"status": status, "checks": checks},
         status_code=HTTP_200_OK if ready else HTTP_503_SERVICE_UNAVAILABLE,
     )
 

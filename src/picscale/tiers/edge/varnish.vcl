@@ -22,7 +22,7 @@ backend origin {
     .first_byte_timeout = 30s;
     .between_bytes_timeout = 10s;
     .probe = {
-        .url = "/readyz";  # alive is not enough: its database, queue and store answer
+        .url = "/readyz";  # alive is not enough: it can serve (see /readyz)
         .timeout = 1s;
         .interval = ${probe_interval};
         .window = 3;
