@@ -1,14 +1,22 @@
 #!/usr/bin/env bash
 # Installs the Debian packages Picscale needs, only those missing.
-# Usage: scripts/system-deps.sh run|test|bench
+# Usage: scripts/system-deps.sh run|test|lab|bench
 # Runs `apt-get update` at most once, then `apt-get install -y`.
 set -euo pipefail
 
 case "${1:-test}" in
   run)   wanted=(ca-certificates) ;;
-  test)  wanted=(ca-certificates chromium postgresql-15 patroni etcd-server redis-server rabbitmq-server varnish varnish-modules haproxy) ;;
+  # every engine of the lab (`picscale lab up --stage 8`); the tests run the lab
+  lab)   wanted=(ca-certificates postgresql-15 patroni etcd-server redis-server rabbitmq-server
+               varnish varnish-modules haproxy prometheus prometheus-node-exporter
+               prometheus-postgres-exporter prometheus-redis-exporter
+               prometheus-varnish-exporter) ;;
+  test)  wanted=(ca-certificates chromium postgresql-15 patroni etcd-server redis-server rabbitmq-server
+               varnish varnish-modules haproxy prometheus prometheus-node-exporter
+               prometheus-postgres-exporter prometheus-redis-exporter
+               prometheus-varnish-exporter) ;;
   bench) wanted=(ca-certificates wrk postgresql-15) ;;
-  *) echo "usage: $0 run|test|bench" >&2; exit 2 ;;
+  *) echo "usage: $0 run|test|lab|bench" >&2; exit 2 ;;
 esac
 
 missing=()

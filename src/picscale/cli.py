@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -10,12 +11,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
 from picscale import __version__
+from picscale.procs import alive
 from picscale.settings import Settings, SettingsError, load_settings
 
 T = TypeVar("T")
@@ -79,16 +82,6 @@ def serve(
     sys.exit(Supervisor(settings).run())
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class Supervisor:
     """Starts granian and the job workers, restarts workers that die, stops all on signal."""
 
@@ -131,7 +124,7 @@ class Supervisor:
     def run(self) -> int:
         # metrics of earlier runs would add up with this one's: drop those of the dead
         for old in self.metrics_dir.parent.glob("*"):
-            if old.name.isdigit() and not _alive(int(old.name)):
+            if old.name.isdigit() and not alive(int(old.name)):
                 shutil.rmtree(old, ignore_errors=True)
         shutil.rmtree(self.metrics_dir, ignore_errors=True)
         self.metrics_dir.mkdir(parents=True)
@@ -212,22 +205,36 @@ def _range(value: str | None) -> tuple[int, int] | None:
     default=None,
     help="Run MIN to MAX worker processes, scaled by queue depth.",
 )
-def worker(data_dir: Path | None, concurrency: int | None, autoscale: str | None) -> None:
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Serve the worker's metrics (all its processes) on 127.0.0.1:PORT/metrics.",
+)
+def worker(
+    data_dir: Path | None,
+    concurrency: int | None,
+    autoscale: str | None,
+    metrics_port: int | None,
+) -> None:
     """Run a job worker: takes jobs from the queue until SIGTERM (in-flight jobs finish
     or go back to the queue)."""
+    from picscale.worker.metrics_server import shared_metrics_dir
+
     bounds = _range(autoscale)
     overrides: dict[str, Any] = {"data_dir": data_dir}
     if concurrency is not None:
         overrides["job_concurrency"] = concurrency
     settings = _settings(**overrides)
-    if bounds is not None:
-        from picscale.worker.autoscale import run_autoscaler
+    with contextlib.nullcontext() if metrics_port is None else shared_metrics_dir():
+        if bounds is not None:
+            from picscale.worker.autoscale import run_autoscaler
 
-        asyncio.run(run_autoscaler(settings, *bounds))
-        return
-    from picscale.worker import run_worker
+            asyncio.run(run_autoscaler(settings, *bounds, metrics_port))
+            return
+        from picscale.worker import run_worker
 
-    asyncio.run(run_worker(settings))
+        asyncio.run(run_worker(settings, metrics_port=metrics_port))
 
 
 @main.command()
@@ -488,16 +495,63 @@ def lab_status(lab_dir: Path) -> None:
 
 @lab.command("scale")
 @lab_dir_option
-@click.argument("spec", metavar="web=N")
-def lab_scale(lab_dir: Path, spec: str) -> None:
-    """Grow or shrink the web tier behind HAProxy, without restarting it."""
+@click.argument("specs", metavar="web=N workers=M", nargs=-1, required=True)
+def lab_scale(lab_dir: Path, specs: tuple[str, ...]) -> None:
+    """Grow or shrink the web tier behind HAProxy (without restarting it) or the workers."""
     from picscale.lab import lab as labs
 
-    tier, _, count = spec.partition("=")
-    if tier != "web" or not count.isdigit():
-        raise click.BadParameter("use web=N, e.g. web=4", param_hint="web=N")
-    _lab_call(lambda: labs.scale_web(lab_dir, int(count), lambda s: click.echo(s, err=True)))
-    click.echo(f"web servers: {count}")
+    def say(line: str) -> None:
+        click.echo(line, err=True)
+
+    for spec in specs:
+        tier, _, count = spec.partition("=")
+        if tier not in ("web", "workers") or not count.isdigit():
+            raise click.BadParameter("use web=N or workers=M, e.g. web=4", param_hint=spec)
+        _lab_call(partial(labs.scale, lab_dir, tier, int(count), say))
+        click.echo(f"{'web servers' if tier == 'web' else 'workers'}: {count}")
+
+
+@lab.command("autoscale")
+@lab_dir_option
+@click.argument("spec", metavar="web=MIN:MAX")
+@click.option("--for", "duration", type=float, default=None, help="Stop after this many seconds.")
+@click.option("--target-ms", type=float, default=100.0, show_default=True, help="Mean latency.")
+@click.option("--target-cpu", type=float, default=0.6, show_default=True, help="Of one core.")
+@click.option(
+    "--cooldown", type=float, default=30.0, show_default=True, help="Seconds before shrinking."
+)
+def lab_autoscale(
+    lab_dir: Path,
+    spec: str,
+    duration: float | None,
+    target_ms: float,
+    target_cpu: float,
+    cooldown: float,
+) -> None:
+    """Grow and shrink the web tier by latency and CPU (until Ctrl-C, or --for S)."""
+    from picscale.lab.autoscale import autoscale_web
+
+    tier, _, bounds = spec.partition("=")
+    limits = _range(bounds) if tier == "web" else None
+    if limits is None:
+        raise click.BadParameter("use web=MIN:MAX, e.g. web=2:6", param_hint="web=MIN:MAX")
+
+    def say(line: str) -> None:
+        click.echo(line)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        _lab_call(
+            partial(
+                autoscale_web,
+                lab_dir,
+                *limits,
+                say,
+                duration=duration,
+                target_ms=target_ms,
+                target_cpu=target_cpu,
+                cooldown=cooldown,
+            )
+        )
 
 
 @lab.command("kill")
@@ -552,3 +606,50 @@ def lab_down(lab_dir: Path) -> None:
 
     stopped = _lab_call(lambda: labs.down(lab_dir, lambda line: click.echo(line, err=True)))
     click.echo(f"stopped {len(stopped)} processes; none is left")
+
+
+def _add_load_command() -> None:
+    from picscale.load.cli import load  # click alone: neither Locust nor the app
+
+    main.add_command(load)
+
+
+_add_load_command()
+
+
+@main.command()
+@lab_dir_option
+@click.argument("name", metavar="NAME")
+@click.option("--users", type=click.IntRange(1), default=10, show_default=True)
+@click.option("--before", type=float, default=8.0, show_default=True, help="Seconds of load first.")
+@click.option(
+    "--down-for", type=float, default=10.0, show_default=True, help="Seconds the victim stays down."
+)
+@click.option(
+    "--after", type=float, default=10.0, show_default=True, help="Seconds of load once it is back."
+)
+def drill(
+    lab_dir: Path, name: str, users: int, before: float, down_for: float, after: float
+) -> None:
+    """Break a lab component under load and report what users felt. NAME: web-server,
+    db-primary, db-replica, cache-master, worker, broker-restart or edge."""
+    from picscale.lab.drills import format_report, run_drill
+
+    def say(line: str) -> None:
+        click.echo(line, err=True)
+
+    report = _lab_call(
+        partial(
+            run_drill,
+            lab_dir,
+            name,
+            say,
+            users=users,
+            before=before,
+            down_for=down_for,
+            after=after,
+        )
+    )
+    click.echo(format_report(report))
+    if not report.passed:
+        sys.exit(1)

@@ -23,18 +23,26 @@ from picscale.lab.components import (
     DATABASE,
     MAX_STAGE,
     MAX_WEB_SERVERS,
+    MAX_WORKERS,
     PATRONI_NODES,
     PG_BIN,
     PORT_NAMES,
+    REDIS_MASTER,
     STAGES,
     Component,
     Layout,
     components,
     haproxy_config,
+    prepare_cache,
     prepare_patroni,
     prepare_postgres,
+    prepare_rabbitmq,
+    prepare_varnish,
+    prometheus_config,
+    scrape_targets,
 )
-from picscale.lab.supervisor import Supervisor, alive, render_config
+from picscale.lab.supervisor import Supervisor, render_config
+from picscale.procs import alive, group_members
 
 STATE = "lab.json"
 START_TIMEOUT_SECONDS = 90.0
@@ -68,6 +76,7 @@ class Lab:
         state = {
             "stage": self.layout.stage,
             "webs": self.layout.webs,
+            "workers": self.layout.workers,
             "ports": self.layout.ports,
             "secret_key": self.layout.secret_key,
             "password": self.password,
@@ -86,7 +95,12 @@ class Lab:
         for name in PORT_NAMES:  # a lab made by an older version lacks some
             ports.setdefault(name, _free_port())
         layout = Layout(
-            root.resolve(), ports, state["secret_key"], state["stage"], state.get("webs", 0)
+            root.resolve(),
+            ports,
+            state["secret_key"],
+            state["stage"],
+            state.get("webs", 0),
+            state.get("workers", 0),
         )
         return cls(layout, state["password"])
 
@@ -101,6 +115,10 @@ class Lab:
 
 
 def healthy(component: Component) -> bool:
+    if component.health == "redis":
+        return ask(component.port, b"PING\r\n").startswith(b"+PONG")
+    if component.health == "amqp":  # a broker that answers the protocol header
+        return ask(component.port, b"AMQP\x00\x00\x09\x01")[:1] == b"\x01"
     if component.health == "pg":
         result = subprocess.run(
             [str(PG_BIN / "pg_isready"), "-h", "127.0.0.1", "-p", str(component.port), "-q"],
@@ -113,6 +131,16 @@ def healthy(component: Component) -> bool:
             return int(response.status) == 200
     except (urllib.error.URLError, OSError):
         return False
+
+
+def ask(port: int, message: bytes) -> bytes:
+    """Send ``message`` to a loopback port; the first bytes of the answer (b"" if none)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            s.sendall(message)
+            return s.recv(4096)
+    except OSError:
+        return b""
 
 
 def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -137,7 +165,8 @@ def up(root: Path, stage: int, say: Callable[[str], None]) -> Lab:
     if lab is None:
         lab = Lab.create(root, stage)
     if lab.supervisor.pid() is None:
-        lab.layout.webs = 0  # a fresh start: the stage's own number of web servers
+        lab.layout.webs = 0  # a fresh start: the stage's own number of servers
+        lab.layout.workers = 0
     lab.layout.stage = stage
     lab.save()
     layout = lab.layout
@@ -150,7 +179,17 @@ def up(root: Path, stage: int, say: Callable[[str], None]) -> Lab:
         prepare_postgres(layout)
     if any(c.name.startswith("patroni") for c in parts):
         prepare_patroni(layout)
-    if any(c.name == "haproxy" for c in parts):
+    names = {c.name for c in parts}
+    if "redis1" in names:
+        prepare_cache(layout)
+    if "rabbitmq" in names:
+        prepare_rabbitmq(layout)
+    if "varnish" in names:
+        prepare_varnish(layout)
+    if "prometheus" in names:
+        (layout.root / "prometheus.yml").write_text(prometheus_config(layout))
+        scrape_targets(layout)
+    if "haproxy" in names:
         (layout.root / "haproxy.cfg").write_text(haproxy_config(layout))
     supervisor = lab.supervisor
     if supervisor.pid() is None:
@@ -165,9 +204,9 @@ def up(root: Path, stage: int, say: Callable[[str], None]) -> Lab:
     for c in parts:
         state = running.get(c.name, {}).get("statename")
         if state == "RUNNING" and healthy(c):
-            say(f"  {c.name:<9} {c.role}: already up")
+            say(f"  {c.name:<16} {c.role}: already up")
             continue
-        say(f"  {c.name:<9} {c.role}: starting on 127.0.0.1:{c.port}…")
+        say(f"  {c.name:<16} {c.role}: starting on 127.0.0.1:{c.port}…")
         if state != "RUNNING":
             try:
                 supervisor.start_process(c.name)
@@ -180,20 +219,56 @@ def up(root: Path, stage: int, say: Callable[[str], None]) -> Lab:
         if c.name == "patroni1":
             leader = _wait_leader(layout)
             _create_database(layout.ports[f"pg{leader}"])
-        say(f"  {c.name:<9} healthy")
+        say(f"  {c.name:<16} healthy")
     return lab
 
 
-def scale_web(root: Path, count: int, say: Callable[[str], None]) -> None:
-    """Grow or shrink the web tier behind HAProxy through its runtime API (no restart):
-    a new server starts, becomes healthy, then ready; a server leaving is drained of its
-    connections first, then stopped."""
+def scale(root: Path, tier: str, count: int, say: Callable[[str], None]) -> None:
+    """``web=N``: grow or shrink the web tier behind HAProxy through its runtime API (no
+    restart): a new server starts, becomes healthy, then ready; a server leaving is
+    drained of its connections first, then stopped. ``workers=M``: start or stop worker
+    components (each stops by SIGTERM: its jobs finish or go back to the queue)."""
     lab = require(root)
     layout = lab.layout
-    if layout.stage < 3:
-        raise LabError("web servers scale behind the load balancer: stage 3 and up")
-    if not 1 <= count <= MAX_WEB_SERVERS:
-        raise LabError(f"web=N: N from 1 to {MAX_WEB_SERVERS}")
+    if tier == "web":
+        if layout.stage < 3:
+            raise LabError("web servers scale behind the load balancer: stage 3 and up")
+        if not 1 <= count <= MAX_WEB_SERVERS:
+            raise LabError(f"web=N: N from 1 to {MAX_WEB_SERVERS}")
+        _scale_web(lab, count, say)
+    elif tier == "workers":
+        if layout.stage < 7:
+            raise LabError("separate workers come at stage 7")
+        if not 1 <= count <= MAX_WORKERS:
+            raise LabError(f"workers=M: M from 1 to {MAX_WORKERS}")
+        _scale_workers(lab, count, say)
+    else:
+        raise LabError(f"{tier}=…: scale web=N or workers=M")
+    if layout.stage >= 8:
+        scrape_targets(layout)
+
+
+def _scale_workers(lab: Lab, count: int, say: Callable[[str], None]) -> None:
+    layout = lab.layout
+    current = layout.worker_count
+    for n in range(current + 1, count + 1):
+        layout.workers = n
+        c = component(lab, f"worker{n}")
+        say(f"  worker{n}: starting…")
+        lab.supervisor.start_process(c.name)
+        _wait(partial(healthy, c), START_TIMEOUT_SECONDS, f"{c.name} to be healthy")
+        lab.save()
+        say(f"  worker{n}: taking jobs")
+    for n in range(current, count, -1):
+        say(f"  worker{n}: stopping (its jobs finish or go back to the queue)…")
+        lab.supervisor.stop_process(f"worker{n}")
+        layout.workers = n - 1
+        lab.save()
+        say(f"  worker{n}: stopped")
+
+
+def _scale_web(lab: Lab, count: int, say: Callable[[str], None]) -> None:
+    layout = lab.layout
     current = layout.web_count
     for n in range(current + 1, count + 1):
         layout.webs = n
@@ -231,18 +306,23 @@ def haproxy_command(layout: Layout, command: str) -> str:
 
 
 def _drained(layout: Layout, server: str) -> bool:
-    return _server_sessions(layout, server) == 0
+    return int(_server_stat(layout, "webs", server).get("scur") or 0) == 0
 
 
-def _server_sessions(layout: Layout, server: str) -> int:
-    """Requests HAProxy has in flight on ``server`` (``show stat``: scur)."""
+def server_up(layout: Layout, backend: str, server: str) -> bool:
+    """HAProxy sends ``backend``'s requests to ``server`` (its checks pass)."""
+    return _server_stat(layout, backend, server).get("status", "").startswith("UP")
+
+
+def _server_stat(layout: Layout, backend: str, server: str) -> dict[str, str]:
+    """HAProxy's ``show stat`` line of one server (scur: requests in flight, status)."""
     lines = haproxy_command(layout, "show stat").splitlines()
     header = lines[0].lstrip("# ").split(",")
     for line in lines[1:]:
         row = dict(zip(header, line.split(","), strict=False))
-        if row.get("pxname") == "webs" and row.get("svname") == server:
-            return int(row.get("scur") or 0)
-    return 0
+        if row.get("pxname") == backend and row.get("svname") == server:
+            return row
+    return {}
 
 
 def _patroni(layout: Layout, n: int, path: str) -> tuple[int, Any]:
@@ -303,6 +383,13 @@ def urls(lab: Lab) -> dict[str, str]:
         out["PostgreSQL"] = lab.layout.database_url
     if "patroni1" in names:
         out["Patroni"] = lab.layout.patroni_url
+    if "redis1" in names:
+        out["Redis"] = lab.layout.redis_url
+        out["Media edge"] = lab.layout.url("edge") + " (Varnish " + lab.layout.url("varnish") + ")"
+    if "rabbitmq" in names:
+        out["RabbitMQ"] = lab.layout.amqp_url
+    if "prometheus" in names:
+        out["Prometheus"] = lab.layout.url("prometheus")
     return out
 
 
@@ -353,20 +440,88 @@ def _figure(lab: Lab, c: Component) -> str:
             )
             return f"{role}, lag {lag} bytes" if lag is not None else role
         if c.name.startswith("web"):
-            text = _get(f"http://127.0.0.1:{c.port}/metrics")
-            total = sum(
-                float(line.rsplit(" ", 1)[1])
-                for line in text.splitlines()
-                if line.startswith("picscale_http_requests_total{")
+            total = metric_sum(
+                get_text(f"http://127.0.0.1:{c.port}/metrics"), "picscale_http_requests_total{"
             )
             return f"{total:.0f} requests"
-    except (OSError, ValueError):
+        if c.name.startswith("worker"):
+            text = get_text(f"http://127.0.0.1:{c.port}/metrics")
+            done = metric_sum(text, 'picscale_jobs_total{kind="thumbnail",outcome="done"}')
+            done += metric_sum(text, 'picscale_jobs_total{kind="edit",outcome="done"}')
+            processes = metric_sum(text, "picscale_autoscale_workers ")
+            return f"{processes:.0f} processes, {done:.0f} jobs done"
+        if c.name in ("redis1", "redis2"):
+            info = _redis_info(c.port, "replication") | _redis_info(c.port, "stats")
+            role = info.get("role", "?").replace("master", "primary")
+            hits, misses = int(info.get("keyspace_hits", 0)), int(info.get("keyspace_misses", 0))
+            ratio = f", hit ratio {hits / (hits + misses):.0%}" if hits + misses else ""
+            if role == "slave":
+                return f"replica, link {info.get('master_link_status', '?')}{ratio}"
+            return f"{role}, {info.get('connected_slaves', '0')} replicas{ratio}"
+        if c.name.startswith("sentinel"):
+            reply = ask(c.port, f"SENTINEL get-master-addr-by-name {REDIS_MASTER}\r\n".encode())
+            port = int(reply.split(b"\r\n")[4])
+            names = [n for n in ("redis1", "redis2") if lab.layout.ports[n] == port]
+            return f"master is {names[0] if names else port}"
+        if c.name == "varnish":
+            hits, misses = _varnish_counters(lab.layout)
+            total = hits + misses
+            return f"hit ratio {hits / total:.0%} of {total}" if total else "no requests yet"
+        if c.name == "rabbitmq":
+            text = get_text(lab.layout.url("rabbitmq_metrics") + "/metrics/per-object")
+            ready = metric_sum(text, "rabbitmq_queue_messages_ready{")
+            unacked = metric_sum(text, "rabbitmq_queue_messages_unacked{")
+            return f"queue depth {ready:.0f}, {unacked:.0f} in flight"
+        if c.name == "prometheus":
+            targets = json.loads(get_text(lab.layout.url("prometheus") + "/api/v1/targets"))
+            active = targets["data"]["activeTargets"]
+            up_count = sum(1 for t in active if t["health"] == "up")
+            return f"{up_count} of {len(active)} targets up"
+    except (OSError, ValueError, IndexError, KeyError, subprocess.SubprocessError):
         return "?"
     return ""
 
 
+def metric_sum(text: str, prefix: str) -> float:
+    """The sum of the samples of Prometheus text whose line starts with ``prefix``."""
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix)
+    )
+
+
+def _redis_info(port: int, section: str) -> dict[str, str]:
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+        s.sendall(f"INFO {section}\r\n".encode())
+        data = b""
+        while b"\r\n" not in data or len(data) < _bulk_length(data):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    text = data.split(b"\r\n", 1)[1].decode(errors="replace")
+    pairs = (line.split(":", 1) for line in text.splitlines() if ":" in line)
+    return {k: v.strip() for k, v in pairs}
+
+
+def _bulk_length(data: bytes) -> int:
+    """How long a RESP bulk string reply is, header and trailer included."""
+    header, _, _ = data.partition(b"\r\n")
+    return len(header) + 2 + int(header[1:]) + 2
+
+
+def _varnish_counters(layout: Layout) -> tuple[int, int]:
+    result = subprocess.run(
+        ["varnishstat", "-n", str(layout.root / "varnish"), "-1", "-j",
+         "-f", "MAIN.cache_hit", "-f", "MAIN.cache_miss"],
+        check=True, capture_output=True, text=True, timeout=10,
+    )  # fmt: skip
+    data = json.loads(result.stdout)
+    counters = data.get("counters", data)
+    return int(counters["MAIN.cache_hit"]["value"]), int(counters["MAIN.cache_miss"]["value"])
+
+
 def _haproxy_up(lab: Lab) -> int:
-    text = _get(lab.layout.url("haproxy_stats") + "/metrics")
+    text = get_text(lab.layout.url("haproxy_stats") + "/metrics")
     return sum(
         1
         for line in text.splitlines()
@@ -376,7 +531,7 @@ def _haproxy_up(lab: Lab) -> int:
     )
 
 
-def _get(url: str) -> str:
+def get_text(url: str) -> str:
     with urllib.request.urlopen(url, timeout=3) as response:  # noqa: S310
         return str(response.read().decode())
 
@@ -405,22 +560,8 @@ def kill(root: Path, name: str) -> int:
     if postmaster is not None and alive(postmaster):
         # Patroni runs PostgreSQL in a session of its own: the machine dies with both
         os.kill(postmaster, signal.SIGKILL)
-    _wait(lambda: not _group_alive(pid), 30, f"{name} (pid {pid}) and its children to die")
+    _wait(lambda: not group_members(pid), 30, f"{name} (pid {pid}) and its children to die")
     return pid
-
-
-def _group_alive(pgid: int) -> bool:
-    """Any process of group ``pgid`` still running (zombies do not count)."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
 
 
 def _postmaster(layout: Layout, name: str) -> int | None:

@@ -4,16 +4,15 @@ password only the lab directory holds."""
 
 from __future__ import annotations
 
-import os
 import shlex
 import subprocess
 import sys
 import time
 import xmlrpc.client
-from pathlib import Path
 from typing import Any
 
 from picscale.lab.components import Component, Layout
+from picscale.procs import alive
 
 
 def render_config(layout: Layout, components: list[Component], password: str) -> str:
@@ -114,17 +113,3 @@ class Supervisor:
 
     def shutdown(self) -> None:
         self.rpc.shutdown()
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie is not alive: it only waits for its parent to read its status
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False

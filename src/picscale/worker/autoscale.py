@@ -22,11 +22,13 @@ import time
 from dataclasses import dataclass, field
 
 import structlog
+from prometheus_client import multiprocess
 
 from picscale.observability.logging import configure_logging
 from picscale.observability.metrics import Metrics
 from picscale.services import build_services
 from picscale.settings import Settings
+from picscale.worker.metrics_server import serve_metrics
 
 log = structlog.get_logger("picscale.autoscale")
 
@@ -51,7 +53,12 @@ class Policy:
 
     def decide(self, current: int, depth: int, now: float) -> int:
         """The number of workers to run now."""
-        wanted = self.wanted(depth)
+        return self.settle(current, self.wanted(depth), now)
+
+    def settle(self, current: int, wanted: int, now: float) -> int:
+        """The hysteresis alone: how many to run now when a reading wants ``wanted``
+        (clamped to MIN..MAX); any tier that scales on a reading can use it."""
+        wanted = max(self.minimum, min(self.maximum, wanted))
         if current < self.minimum:
             return self.minimum
         if wanted > current:
@@ -89,6 +96,7 @@ class Autoscaler:
         return subprocess.Popen(command, env={**os.environ, **self.settings.as_env()})
 
     def _reap(self) -> None:
+        children = [*self.stopping, *self.workers]
         for proc in list(self.stopping):
             if proc.poll() is not None:
                 self.stopping.remove(proc)
@@ -96,6 +104,10 @@ class Autoscaler:
             if proc.poll() is not None:
                 log.warning("worker_exited", pid=proc.pid, code=proc.returncode)
                 self.workers.remove(proc)
+        for proc in children:
+            if proc.poll() is not None and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+                # its live gauges no longer count
+                multiprocess.mark_process_dead(proc.pid)  # type: ignore[no-untyped-call]
 
     def _scale_to(self, target: int, depth: int, reason: str, metrics: Metrics) -> None:
         before = len(self.workers)
@@ -115,11 +127,14 @@ class Autoscaler:
             queue_depth=depth,
         )  # fmt: skip
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def run(self, stop: asyncio.Event, metrics_port: int | None = None) -> None:
         services = build_services(self.settings)
         metrics = services.metrics
         interval = self.settings.autoscale_interval_seconds
         policy = self.policy
+        server = None
+        if metrics_port is not None:
+            server = await serve_metrics(metrics, self.settings.host, metrics_port)
         try:
             self._scale_to(policy.minimum, 0, "minimum", metrics)
             while not stop.is_set():
@@ -141,6 +156,8 @@ class Autoscaler:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=interval)
         finally:
+            if server is not None:
+                server.close()
             await self._stop_all()
             await services.close()
 
@@ -158,11 +175,13 @@ class Autoscaler:
                 proc.wait()
 
 
-async def run_autoscaler(settings: Settings, minimum: int, maximum: int) -> None:
+async def run_autoscaler(
+    settings: Settings, minimum: int, maximum: int, metrics_port: int | None = None
+) -> None:
     configure_logging(settings.log_level, process="autoscale")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log.info("autoscaler_started", minimum=minimum, maximum=maximum)
-    await Autoscaler(settings, minimum, maximum).run(stop)
+    await Autoscaler(settings, minimum, maximum).run(stop, metrics_port)

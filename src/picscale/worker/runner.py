@@ -31,6 +31,7 @@ from picscale.settings import Settings
 from picscale.tiers.db import read_context
 from picscale.tiers.db.schema import utcnow
 from picscale.tiers.queue import ClaimedJob
+from picscale.worker.metrics_server import serve_metrics
 
 log = structlog.get_logger("picscale.worker")
 
@@ -266,7 +267,9 @@ class Worker:
             await self.services.photos.mark_failed(job)
 
 
-async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> None:
+async def run_worker(
+    settings: Settings, stop: asyncio.Event | None = None, metrics_port: int | None = None
+) -> None:
     """The ``picscale worker`` process: runs until SIGTERM or SIGINT."""
     configure_logging(settings.log_level, process="worker")
     stop = stop or asyncio.Event()
@@ -275,9 +278,14 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
         loop.add_signal_handler(sig, stop.set)
     services = build_services(settings, Metrics())
     flusher = asyncio.create_task(services.metrics.flush_every())
+    server = None
+    if metrics_port is not None:
+        server = await serve_metrics(services.metrics, settings.host, metrics_port)
     try:
         await Worker(services).run(stop)
     finally:
+        if server is not None:
+            server.close()
         flusher.cancel()
         await asyncio.gather(flusher, return_exceptions=True)
         await services.close()

@@ -1,0 +1,266 @@
+"""``picscale drill NAME``: a failure under load, and what the users felt.
+
+A drill puts load on the lab's front door (``picscale load``'s journeys), breaks one
+component, brings it back, and reports: requests that failed as clients saw them, how long
+clients saw failures, when the service was whole again, acknowledged writes lost (every
+write a client saw succeed is read back) and jobs lost (every accepted edit must finish).
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from picscale.lab import lab as labs
+from picscale.lab.components import PATRONI_NODES, REDIS_MASTER, Layout
+from picscale.load.runner import (
+    LoadOptions,
+    LoadSummary,
+    start_load,
+    verify_writes,
+    write_unavailability,
+)
+
+# the expectations of the issue: no failed request for these
+ZERO_FAILURES = {"web-server", "db-replica", "cache-master", "worker", "edge"}
+MAX_WRITE_GAP_SECONDS = 12.0  # db-primary: writes may fail this long, no longer
+
+
+@dataclass(frozen=True)
+class Drill:
+    name: str
+    stage: int  # the first stage that has the component
+    what: str
+
+
+DRILLS = {
+    d.name: d
+    for d in (
+        Drill("web-server", 3, "SIGKILL one web server (HAProxy retries its requests elsewhere)"),
+        Drill("db-primary", 4, "SIGKILL the PostgreSQL primary and its Patroni"),
+        Drill("db-replica", 4, "SIGKILL a PostgreSQL replica and its Patroni"),
+        Drill("cache-master", 5, "SIGKILL the Redis master (the Sentinels promote the replica)"),
+        Drill("edge", 5, "SIGKILL Varnish (media come from the origin meanwhile)"),
+        Drill("worker", 7, "SIGKILL a worker and its processes mid-job"),
+        Drill("broker-restart", 7, "restart RabbitMQ (jobs wait in the outbox, then flow)"),
+    )
+}
+
+
+@dataclass
+class DrillReport:
+    name: str
+    victim: str
+    summary: LoadSummary
+    failed_at: float  # when the failure was made (unix time)
+    failures_seen_seconds: float  # from the failure to the last request that failed
+    failover_seconds: float  # until the system had worked around the victim
+    back_seconds: float  # until the victim was back (restarted after down_for)
+    write_unavailable_seconds: float
+    writes_checked: int
+    writes_lost: int
+    jobs_checked: int
+    jobs_lost: int
+    expectations: list[tuple[str, bool]] = field(default_factory=list)
+
+    @property
+    def recovered_seconds(self) -> float:
+        """Until the service was whole for its users: worked around, no more failures."""
+        return max(self.failures_seen_seconds, self.failover_seconds)
+
+    @property
+    def failed(self) -> int:
+        return self.summary.total.failures
+
+    @property
+    def passed(self) -> bool:
+        return all(met for _, met in self.expectations)
+
+
+def _victim(lab: labs.Lab, name: str) -> str:
+    layout = lab.layout
+    if name == "web-server":
+        return "web1"
+    if name in ("db-primary", "db-replica"):
+        leader = labs.leader_node(layout)
+        if leader is None:
+            raise labs.LabError("no PostgreSQL primary now: wait for Patroni (`lab status`)")
+        if name == "db-primary":
+            return f"patroni{leader}"
+        return f"patroni{next(n for n in range(1, PATRONI_NODES + 1) if n != leader)}"
+    if name == "cache-master":
+        return _redis_master(layout)
+    if name == "edge":
+        return "varnish"
+    if name == "worker":
+        return "worker1"
+    return "rabbitmq"
+
+
+def _redis_master(layout: Layout) -> str:
+    reply = labs.ask(
+        layout.ports["sentinel1"], f"SENTINEL get-master-addr-by-name {REDIS_MASTER}\r\n".encode()
+    )
+    port = int(reply.split(b"\r\n")[4])
+    return "redis1" if port == layout.ports["redis1"] else "redis2"
+
+
+def _failed_over(lab: labs.Lab, name: str, victim: str) -> Callable[[], bool]:
+    """True once the system has worked around the victim on its own."""
+    layout = lab.layout
+    if name == "db-primary":
+        return lambda: (n := labs.leader_node(layout)) is not None and f"patroni{n}" != victim
+    if name == "cache-master":
+        return lambda: _redis_master(layout) != victim
+    if name == "web-server":  # the load balancer no longer sends it requests
+        return lambda: not labs.server_up(layout, "webs", victim)
+    if name == "edge":
+        return lambda: not labs.server_up(layout, "edges", victim)
+    return lambda: True
+
+
+def run_drill(
+    root: Path,
+    name: str,
+    say: Callable[[str], None],
+    *,
+    users: int = 10,
+    before: float = 8.0,
+    down_for: float = 10.0,
+    after: float = 10.0,
+) -> DrillReport:
+    """Load for ``before`` s, break the victim, bring it back ``down_for`` s later, keep
+    the load on ``after`` s more, then read every acknowledged write back."""
+    drill = DRILLS.get(name)
+    if drill is None:
+        raise labs.LabError(f"no drill {name!r}: choose from {', '.join(DRILLS)}")
+    lab = labs.require(root)
+    if lab.layout.stage < drill.stage:
+        raise labs.LabError(
+            f"the {name} drill needs stage {drill.stage} or later; the lab is at stage "
+            f"{lab.layout.stage}: `picscale lab down`, then `lab up --stage {drill.stage}`"
+        )
+    victim = _victim(lab, name)
+    front = lab.layout.url("haproxy")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    out_dir = lab.layout.root / "drills" / f"{name}-{stamp}"
+    say(f"drill {name}: {drill.what}; victim {victim}")
+    options = LoadOptions(
+        target=front,
+        users=users,
+        spawn_rate=users,
+        duration=before + down_for + after + 30,  # stopped by us, this is a ceiling
+        out_dir=out_dir,
+    )
+    run = start_load(options, say)
+    try:
+        time.sleep(before)  # the load settles before the failure
+        failed_at = time.time()
+        if name == "broker-restart":
+            say(f"  restarting {victim}…")
+            lab.supervisor.stop_process(victim)
+        else:
+            pid = labs.kill(root, victim)
+            say(f"  killed {victim} (pid {pid})")
+        failed_over = _failed_over(lab, name, victim)
+        failover_at = None
+        deadline = time.monotonic() + down_for
+        while time.monotonic() < deadline or failover_at is None:
+            if not run.running:
+                raise labs.LabError(f"the load ended early: see {out_dir}")
+            if failover_at is None and failed_over():
+                failover_at = time.time()
+                say(f"  worked around {victim} in {failover_at - failed_at:.1f} s")
+            if time.monotonic() > deadline + 60:
+                raise labs.LabError(f"the {name} failover took more than {down_for + 60:g} s")
+            time.sleep(0.2)  # the failure lasts down_for seconds, whatever happens
+        say(f"  starting {victim} again…")
+        labs.start(root, victim)
+        back_at = time.time()
+        say(f"  {victim} is back ({back_at - failed_at:.1f} s after the failure)")
+        time.sleep(after)  # the load goes on while the victim rejoins
+    finally:
+        summary = run.stop()
+    last_failure = _last_failure(summary, failed_at)
+    seen = max(0.0, last_failure - failed_at) if last_failure else 0.0
+    say("  reading back every acknowledged write…")
+    check = verify_writes(front, summary.writes)
+    report = DrillReport(
+        name=name,
+        victim=victim,
+        summary=summary,
+        failed_at=failed_at,
+        failures_seen_seconds=seen,
+        failover_seconds=failover_at - failed_at,
+        back_seconds=back_at - failed_at,
+        write_unavailable_seconds=write_unavailability(summary.writes, failed_at),
+        writes_checked=check.checked,
+        writes_lost=len(check.lost),
+        jobs_checked=check.jobs_checked,
+        jobs_lost=len(check.jobs_lost),
+    )
+    report.expectations = _expectations(report)
+    return report
+
+
+def _last_failure(summary: LoadSummary, since: float) -> float | None:
+    """The last second (unix time) in which a request failed, from Locust's history."""
+    history = Path(f"{summary.csv_prefix}_stats_history.csv")
+    last = None
+    previous = 0
+    with history.open(newline="") as f:
+        for row in csv.DictReader(f):
+            if row.get("Name") != "Aggregated":
+                continue
+            failures = int(float(row.get("Total Failure Count") or 0))
+            if failures > previous and float(row["Timestamp"]) >= since - 1:
+                last = float(row["Timestamp"])
+            previous = failures
+    return last
+
+
+def _expectations(report: DrillReport) -> list[tuple[str, bool]]:
+    out = [
+        (f"acknowledged writes lost = 0 (of {report.writes_checked})", report.writes_lost == 0),
+        (f"jobs lost = 0 (of {report.jobs_checked})", report.jobs_lost == 0),
+    ]
+    if report.name in ZERO_FAILURES:
+        out.insert(0, ("failed requests = 0", report.failed == 0))
+    if report.name == "db-primary":
+        out.insert(
+            0,
+            (
+                f"writes unavailable <= {MAX_WRITE_GAP_SECONDS:g} s",
+                report.write_unavailable_seconds <= MAX_WRITE_GAP_SECONDS,
+            ),
+        )
+    return out
+
+
+def format_report(report: DrillReport) -> str:
+    s = report.summary
+    lines = [
+        f"drill {report.name} (victim {report.victim})",
+        f"  requests                 {s.total.requests}",
+        f"  failed, as clients saw   {s.total.failures}",
+    ]
+    for kind, count in sorted(s.errors.items(), key=lambda kv: -kv[1]):
+        lines.append(f"    {count:>6}  {kind}")
+    lines += [
+        f"  clients saw failures for {report.failures_seen_seconds:.1f} s",
+        f"  worked around after      {report.failover_seconds:.1f} s",
+        f"  fully recovered after    {report.recovered_seconds:.1f} s",
+        f"  victim back after        {report.back_seconds:.1f} s (restarted after the drill's"
+        " down time)",
+        f"  writes unavailable       {report.write_unavailable_seconds:.1f} s",
+        f"  acknowledged writes lost {report.writes_lost} of {report.writes_checked}",
+        f"  jobs lost                {report.jobs_lost} of {report.jobs_checked}",
+        "expectations:",
+    ]
+    lines += [f"  {'met ' if met else 'MISSED'}  {text}" for text, met in report.expectations]
+    lines.append(f"load report: {s.html}")
+    return "\n".join(lines)
