@@ -455,10 +455,11 @@ lab_dir_option = click.option(
 
 def _lab_call(action: Callable[[], T]) -> T:
     from picscale.lab.lab import LabError
+    from picscale.load.runner import LoadError
 
     try:
         return action()
-    except LabError as exc:
+    except (LabError, LoadError) as exc:
         raise click.ClickException(str(exc)) from None
 
 

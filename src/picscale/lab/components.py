@@ -617,7 +617,11 @@ backend webs
     balance leastconn
     option httpchk GET /readyz
     http-check expect status 200
-    default-server inter 1s fall 2 rise 2 check
+    # a busy server answers its check late: give it 5 s and 3 misses before it leaves the
+    # pool (checks that time out under load would empty the pool when it is needed most);
+    # a server that refuses connections (dead) leaves at once
+    timeout check 5s
+    default-server inter 1s fall 3 rise 2 check {_MARK_DOWN_AT_ONCE}
 {servers}
 {edge_config(layout) if layout.stage >= 5 else ""}"""
 

@@ -9,11 +9,13 @@ write a client saw succeed is read back) and jobs lost (every accepted edit must
 from __future__ import annotations
 
 import csv
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from picscale.lab import lab as labs
 from picscale.lab.components import PATRONI_NODES, REDIS_MASTER, Layout
@@ -65,6 +67,7 @@ class DrillReport:
     writes_lost: int
     jobs_checked: int
     jobs_lost: int
+    lost: list[dict[str, Any]] = field(default_factory=list)  # what was lost, writes and jobs
     expectations: list[tuple[str, bool]] = field(default_factory=list)
 
     @property
@@ -202,6 +205,7 @@ def run_drill(
         writes_lost=len(check.lost),
         jobs_checked=check.jobs_checked,
         jobs_lost=len(check.jobs_lost),
+        lost=[*check.lost, *check.jobs_lost],
     )
     report.expectations = _expectations(report)
     return report
@@ -259,8 +263,9 @@ def format_report(report: DrillReport) -> str:
         f"  writes unavailable       {report.write_unavailable_seconds:.1f} s",
         f"  acknowledged writes lost {report.writes_lost} of {report.writes_checked}",
         f"  jobs lost                {report.jobs_lost} of {report.jobs_checked}",
-        "expectations:",
     ]
+    lines += [f"    lost: {json.dumps(item, default=str)}" for item in report.lost[:10]]
+    lines.append("expectations:")
     lines += [f"  {'met ' if met else 'MISSED'}  {text}" for text, met in report.expectations]
     lines.append(f"load report: {s.html}")
     return "\n".join(lines)

@@ -293,7 +293,7 @@ class LoadRun:
 
     def _progress(self) -> None:
         prefix, _, _ = _paths(self.out_dir)
-        last = _last_total(Path(f"{prefix}_stats_history.csv"))
+        last = last_total(Path(f"{prefix}_stats_history.csv"))
         elapsed = time.monotonic() - self.started
         if last is None:
             self.say(f"load: {elapsed:.0f} s, starting")
@@ -338,7 +338,7 @@ def _tail(path: Path, lines: int = 20) -> str:
         return "(no log)"
 
 
-def _last_total(history: Path) -> dict[str, str] | None:
+def last_total(history: Path) -> dict[str, str] | None:
     """The latest "Aggregated" line of Locust's history CSV (read from the file's end)."""
     try:
         with history.open("rb") as f:

@@ -1,0 +1,160 @@
+"""What each stage of the scaling path buys on this machine: for each stage of
+`picscale lab`, the sustained requests per second of `picscale load`'s mixed journey while
+every route's p99 stays under 200 ms, and which failure drills pass.
+
+For each stage the lab comes up in a fresh directory, then Locust runs the journeys with
+more and more users (4, 8, 16, 32, …). A step is measured once every user has signed up
+and logged in (argon2 hashing on purpose costs ~0.5 s of CPU per password, which is not the
+steady state): Locust's own 10-second window then gives requests per second and each
+route's p99. Sign-up and log-in are left out of the p99 rule for the same reason. The
+stage's figure is the best step whose every p99 was under 200 ms. Then each drill whose
+component the stage has runs briefly (`picscale drill`); a drill whose component the stage
+does not have yet is "-" (the component is a single point of failure there).
+
+    uv run --frozen python bench/stages.py [--stages 1-8] [--max-users 64] [--no-drills]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from picscale.lab import lab as labs
+from picscale.lab.drills import DRILLS, run_drill
+from picscale.load.runner import LoadOptions, last_total, read_writes, start_load
+
+P99_LIMIT_MS = 200.0
+ENTRY = ("POST /api/v1/users", "POST /api/v1/sessions")  # not the steady state
+WINDOW_SECONDS = 12.0  # Locust's current percentiles cover the last 10 s
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+def step(front: str, users: int, out_dir: Path) -> tuple[float, float, str]:
+    """(requests/s, worst p99 ms of the steady routes, that route) with ``users``."""
+    run = start_load(
+        LoadOptions(target=front, users=users, spawn_rate=users, duration=600, out_dir=out_dir),
+        quiet,
+    )
+    try:
+        writes = out_dir / "writes.jsonl"
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            entered = sum(1 for w in read_writes(writes) if w["kind"] == "signup" and w["ok"])
+            if entered >= users or not run.running:
+                break
+            time.sleep(0.5)  # members are signing up
+        started = time.time()
+        time.sleep(WINDOW_SECONDS)  # the measured window
+        total = last_total(out_dir / "locust_stats_history.csv") or {}
+        rps = float(total.get("Requests/s") or 0.0)
+        worst, route = _worst_p99(out_dir / "locust_stats_history.csv", started)
+    finally:
+        run.stop()
+    return rps, worst, route
+
+
+def _worst_p99(history: Path, since: float) -> tuple[float, str]:
+    """The highest current p99 among the steady routes in the latest rows after ``since``."""
+    latest: dict[str, float] = {}
+    with history.open(newline="") as f:
+        for row in csv.DictReader(f):
+            name = f"{row['Type']} {row['Name']}"
+            if row["Name"] == "Aggregated" or name in ENTRY or float(row["Timestamp"]) < since:
+                continue
+            value = row.get("99%", "N/A")
+            if value not in ("N/A", ""):
+                latest[name] = float(value)
+    if not latest:
+        return 0.0, "-"
+    route = max(latest, key=lambda k: latest[k])
+    return latest[route], route
+
+
+def stage_figures(stage: int, max_users: int, drills: bool) -> dict[str, object]:
+    root = Path(tempfile.mkdtemp(prefix=f"picscale-bench-stage{stage}-"))
+    try:
+        lab = labs.up(root, stage, quiet)
+        front = labs.urls(lab)["Picscale"]
+        best = (0.0, 0, 0.0)
+        users = 4
+        while users <= max_users:
+            rps, p99, route = step(front, users, root / f"load-{users}")
+            log(f"  stage {stage}, {users:>3} users: {rps:7.1f} req/s, p99 {p99:.0f} ms ({route})")
+            if p99 >= P99_LIMIT_MS:
+                break
+            if rps > best[0]:
+                best = (rps, users, p99)
+            users *= 2
+        passed: dict[str, str] = {}
+        for name, drill in DRILLS.items():
+            if drill.stage > stage:
+                passed[name] = "-"
+            elif drills:
+                report = run_drill(root, name, quiet, users=6, before=4, down_for=6, after=4)
+                passed[name] = "pass" if report.passed else "FAIL"
+                log(f"  stage {stage}, drill {name}: {passed[name]}, {report.failed} failed")
+            else:
+                passed[name] = "?"
+        return {"rps": best[0], "users": best[1], "p99": best[2], "drills": passed}
+    finally:
+        if (root / "lab.json").exists():
+            labs.down(root, quiet)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def parse_stages(text: str) -> list[int]:
+    low, _, high = text.partition("-")
+    return list(range(int(low), int(high or low) + 1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--stages", default=f"1-{labs.MAX_STAGE}")
+    parser.add_argument("--max-users", type=int, default=64)
+    parser.add_argument("--no-drills", action="store_true")
+    args = parser.parse_args()
+    rows = {}
+    for stage in parse_stages(args.stages):
+        log(f"stage {stage}: {labs.STAGES[stage]}")
+        rows[stage] = stage_figures(stage, args.max_users, not args.no_drills)
+    names = list(DRILLS)
+    print(
+        f"the mixed journey of `picscale load`, every steady route's p99 < {P99_LIMIT_MS:.0f} ms; "
+        f"{len(names)} drills; {_machine()}"
+    )
+    first = next(iter(rows.values()))["rps"]
+    assert isinstance(first, float)
+    header = f"{'stage':<6}{'req/s':>8}{'ratio':>7}{'users':>7}{'p99 ms':>8}  "
+    print(header + " ".join(f"{n:>14}" for n in names))
+    for stage, row in rows.items():
+        drills, rps = row["drills"], row["rps"]
+        assert isinstance(drills, dict)
+        assert isinstance(rps, float)
+        ratio = f"{rps / first:.2f}" if first else "-"
+        print(
+            f"{stage:<6}{rps:>8.1f}{ratio:>7}{row['users']:>7}{row['p99']:>8.0f}  "
+            + " ".join(f"{drills[n]:>14}" for n in names)
+        )
+
+
+def _machine() -> str:
+    import os
+
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return f"{os.cpu_count()} CPUs, load average {load}"
+
+
+if __name__ == "__main__":
+    main()

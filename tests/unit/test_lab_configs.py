@@ -1,0 +1,83 @@
+"""The configurations the lab renders at its full stage are accepted by the engines' own
+checkers (HAProxy, Prometheus), and say what the lab relies on."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from picscale.lab.components import (
+    PORT_NAMES,
+    Layout,
+    components,
+    haproxy_config,
+    prepare_cache,
+    prometheus_config,
+    scrape_targets,
+)
+
+
+def layout(tmp_path: Path, stage: int = 8) -> Layout:
+    ports = {name: 20000 + n for n, name in enumerate(PORT_NAMES)}
+    root = tmp_path / "lab"
+    root.mkdir()
+    (root / "run").mkdir()
+    return Layout(root, ports, "k" * 48, stage)
+
+
+def test_haproxy_accepts_the_full_stage_config(tmp_path: Path) -> None:
+    lab = layout(tmp_path)
+    text = haproxy_config(lab)
+    # the edge front: Varnish first, the origin as its backup
+    assert f"server varnish 127.0.0.1:{lab.ports['varnish']} check" in text
+    assert f"server origin 127.0.0.1:{lab.ports['haproxy']} backup" in text
+    assert "timeout check 5s" in text and "fall 3" in text
+    config = lab.root / "haproxy.cfg"
+    config.write_text(text)
+    result = subprocess.run(
+        ["/usr/sbin/haproxy", "-c", "-f", str(config)], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_prometheus_accepts_its_config_and_scrapes_what_runs(tmp_path: Path) -> None:
+    lab = layout(tmp_path)
+    scrape_targets(lab)
+    config = lab.root / "prometheus.yml"
+    config.write_text(prometheus_config(lab))
+    result = subprocess.run(
+        ["promtool", "check", "config", str(config)], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    webs = json.loads((lab.root / "prometheus-targets" / "web.json").read_text())
+    assert webs[0]["targets"] == [f"127.0.0.1:{lab.ports[f'web{n}']}" for n in (1, 2)]
+    lab.workers = 3
+    scrape_targets(lab)
+    workers = json.loads((lab.root / "prometheus-targets" / "worker.json").read_text())
+    assert len(workers[0]["targets"]) == 3
+
+
+def test_each_stage_adds_its_tier_to_the_web_servers(tmp_path: Path) -> None:
+    def web_env(stage: int) -> dict[str, str]:
+        lab = Layout(tmp_path, {n: 1 for n in PORT_NAMES}, "k" * 48, stage)
+        return next(c for c in components(lab) if c.name == "web1").env
+
+    assert "PICSCALE_CACHE_URL" not in web_env(4)
+    assert web_env(5)["PICSCALE_CACHE_URL"].startswith("redis+sentinel://")
+    assert "PICSCALE_SESSION_URL" not in web_env(5)
+    assert web_env(6)["PICSCALE_SESSION_URL"] == web_env(6)["PICSCALE_CACHE_URL"]
+    assert "PICSCALE_QUEUE_URL" not in web_env(6)
+    assert web_env(7)["PICSCALE_QUEUE_URL"].startswith("amqp://")
+
+
+def test_redis_configs_are_written_once(tmp_path: Path) -> None:
+    """Redis and the Sentinels rewrite their files as roles change: a second `up` keeps
+    what they learnt."""
+    lab = layout(tmp_path)
+    prepare_cache(lab)
+    replica = lab.root / "redis" / "redis2.conf"
+    assert f"replicaof 127.0.0.1 {lab.ports['redis1']}" in replica.read_text()
+    replica.write_text("# rewritten by Redis\n")
+    prepare_cache(lab)
+    assert replica.read_text() == "# rewritten by Redis\n"
