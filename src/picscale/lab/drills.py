@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from picscale.lab import lab as labs
-from picscale.lab.components import PATRONI_NODES, REDIS_MASTER, Layout
+from picscale.lab.components import DATABASE, PATRONI_NODES, PG_BIN, REDIS_MASTER, Layout
 from picscale.load.runner import (
     LoadOptions,
     LoadSummary,
@@ -26,6 +27,7 @@ from picscale.load.runner import (
     verify_writes,
     write_unavailability,
 )
+from picscale.procs import group_members
 
 # the expectations of the issue: no failed request for these
 ZERO_FAILURES = {"web-server", "db-replica", "cache-master", "worker", "edge"}
@@ -112,6 +114,30 @@ def _redis_master(layout: Layout) -> str:
     return "redis1" if port == layout.ports["redis1"] else "redis2"
 
 
+def _busy_worker(lab: labs.Lab, say: Callable[[str], None]) -> str | None:
+    """The worker component running a job now (the jobs table names the process that
+    holds each running job), looked for during up to 15 s."""
+    layout = lab.layout
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        leader = labs.leader_node(layout)
+        port = layout.ports[f"pg{leader}"] if leader else layout.ports["postgres"]
+        result = subprocess.run(
+            [str(PG_BIN / "psql"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
+             "-d", DATABASE, "-Atc", "SELECT lease_owner FROM jobs WHERE status = 'running'"],
+            capture_output=True, text=True, timeout=10, check=False,
+        )  # fmt: skip
+        pids = {int(o.rsplit(":", 1)[1]) for o in result.stdout.split() if ":" in o}
+        processes = lab.supervisor.processes()
+        for n in range(1, layout.worker_count + 1):
+            group = processes.get(f"worker{n}", {}).get("pid")
+            if group and pids & set(group_members(int(group))):
+                return f"worker{n}"
+        time.sleep(0.05)  # jobs last a fraction of a second: look often
+    say("  no worker was running a job in 15 s: killing worker1 anyway")
+    return None
+
+
 def _failed_over(lab: labs.Lab, name: str, victim: str) -> Callable[[], bool]:
     """True once the system has worked around the victim on its own."""
     layout = lab.layout
@@ -162,6 +188,8 @@ def run_drill(
     run = start_load(options, say)
     try:
         time.sleep(before)  # the load settles before the failure
+        if name == "worker":  # the worker that is running a job now: it dies mid-job
+            victim = _busy_worker(lab, say) or victim
         failed_at = time.time()
         if name == "broker-restart":
             say(f"  restarting {victim}…")

@@ -446,8 +446,11 @@ def _figure(lab: Lab, c: Component) -> str:
             return f"{total:.0f} requests"
         if c.name.startswith("worker"):
             text = get_text(f"http://127.0.0.1:{c.port}/metrics")
-            done = metric_sum(text, 'picscale_jobs_total{kind="thumbnail",outcome="done"}')
-            done += metric_sum(text, 'picscale_jobs_total{kind="edit",outcome="done"}')
+            done = sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith("picscale_jobs_total{") and 'outcome="done"' in line
+            )
             processes = metric_sum(text, "picscale_autoscale_workers ")
             return f"{processes:.0f} processes, {done:.0f} jobs done"
         if c.name in ("redis1", "redis2"):
