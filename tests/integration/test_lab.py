@@ -4,9 +4,11 @@ met, one time-ordered log stream, and `down` with nothing left."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -235,6 +237,46 @@ def test_web_servers_and_workers_scale_under_load_without_a_restart(full: Lab) -
     assert rows["haproxy"]["pid"] == haproxy_pid  # never restarted
     targets = json.loads((full.root / "prometheus-targets" / "web.json").read_text())
     assert len(targets[0]["targets"]) == 2  # Prometheus scrapes what runs
+
+
+def test_the_web_tier_autoscales_with_its_load(full: Lab) -> None:
+    """Busy web servers (CPU over the target) bring a third; idle, it is drained away."""
+    client = member(full.base)
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(httpx.HTTPError):
+                client.get("/api/v1/feed")
+
+    scaler = subprocess.Popen(
+        [
+            sys.executable, "-m", "picscale", "lab", "autoscale", "web=2:3", "--dir",
+            str(full.root), "--for", "120", "--cooldown", "4", "--target-cpu", "0.2",
+            "--target-ms", "1000",
+        ],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(scaler.stdout.readline, "")))  # type: ignore[union-attr]
+    reader.start()
+    threads = [threading.Thread(target=load) for _ in range(3)]
+    try:
+        for t in threads:
+            t.start()
+        wait_until(lambda: "  web3: in the pool\n" in lines, timeout=90, what="a third server")
+        assert any("-> scaling to 3" in line for line in lines), lines
+        stop.set()
+        wait_until(lambda: "  web3: stopped\n" in lines, timeout=90, what="the third to go")
+        assert any("-> scaling to 2" in line for line in lines), lines
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        scaler.send_signal(signal.SIGINT)
+        scaler.wait(timeout=60)
+        reader.join()
+    assert "web3" not in full.remember()
 
 
 @pytest.mark.parametrize("name", list(DRILLS))
