@@ -1,6 +1,10 @@
-"""Shared fixtures: one real `picscale serve` per test module that asks for it, on the
-embedded SQLite database, on a real PostgreSQL server, and with its jobs on a real
-RabbitMQ."""
+"""Shared fixtures: one real `picscale serve` per backend (on the embedded SQLite database,
+on a real PostgreSQL server, and with its jobs on a real RabbitMQ), shared by the test
+modules that ask for it.
+
+PostgreSQL and RabbitMQ start once per run (per xdist worker); each user gets a database
+or a virtual host of its own on them, so nothing a test leaves behind is seen by another.
+"""
 
 from __future__ import annotations
 
@@ -12,39 +16,83 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from pg import PostgresServer, start_postgres
-from rabbitmq_server import RabbitServer, start_rabbitmq
+from pg import PostgresDatabase, PostgresServer, start_postgres
+from rabbitmq_server import PRESET_VHOSTS, RabbitServer, RabbitVhost, start_rabbitmq
 from support import Server, start_server
 
 
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[PostgresServer]:
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
     pg = start_postgres()
     yield pg
     pg.close()
 
 
 @pytest.fixture(scope="module")
-def rabbitmq() -> Iterator[RabbitServer]:
-    broker = start_rabbitmq()
+def postgres(postgres_server: PostgresServer) -> PostgresDatabase:
+    """An empty database of the module's own."""
+    return postgres_server.new_database()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_node() -> Iterator[RabbitServer]:
+    broker = start_rabbitmq(vhosts=PRESET_VHOSTS)
     yield broker
     broker.close()
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql", "rabbitmq"])
+@pytest.fixture
+def rabbitmq(rabbitmq_node: RabbitServer) -> RabbitVhost:
+    """A virtual host of the test's own: no queue, exchange or message of another test.
+    (A test that restarts the broker starts a node of its own: see test_queue.)"""
+    return rabbitmq_node.vhost()
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql", "rabbitmq"])
 def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
+    """Non-destructive tests share it across modules: each works as users of its own."""
     settings: dict[str, object] = {
         "login_failures_per_account": 3,
         "login_failures_per_address": 50,
     }
     if request.param == "postgresql":
-        pg: PostgresServer = request.getfixturevalue("postgres")
-        settings["database_url"] = pg.url
+        pg: PostgresServer = request.getfixturevalue("postgres_server")
+        settings["database_url"] = pg.new_database().url
     if request.param == "rabbitmq":  # SQLite, with the jobs on a real broker
-        broker: RabbitServer = request.getfixturevalue("rabbitmq")
-        settings["queue_url"] = broker.url
+        node: RabbitServer = request.getfixturevalue("rabbitmq_node")
+        settings["queue_url"] = node.vhost().url
     srv = start_server(tmp_path_factory.mktemp("picscale"), job_workers=1, **settings)
     yield srv
     srv.close()
+
+
+# modules whose tests time failovers and scaling under load: the Makefile runs them in a
+# pass of their own, after the parallel one, with nothing else competing for the CPUs
+SERIAL_MODULES = ("tests/integration/test_lab.py",)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "serial: run alone, not beside other tests (the Makefile's second pass)"
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """For ``pytest -n N --dist loadgroup`` (the Makefile's): tests that share a costly
+    fixture run on one worker, so that it starts once; the others are spread one by one.
+    Sharing: the session's ``server`` (across modules), or any module-scoped fixture."""
+    for item in items:
+        if item.nodeid.startswith(SERIAL_MODULES):
+            item.add_marker(pytest.mark.serial)
+        if "server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("server"))
+            continue
+        info = getattr(item, "_fixtureinfo", None)
+        if info is None:
+            continue
+        scopes = {defs[-1].scope for defs in info.name2fixturedefs.values() if defs}
+        if scopes & {"module", "package", "class"}:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))

@@ -7,6 +7,7 @@ root), and is stopped by its pid.
 
 from __future__ import annotations
 
+import itertools
 import os
 import pwd
 import shutil
@@ -21,6 +22,7 @@ from support import free_port, wait_until
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 DATABASE = "picscale"
+_database_numbers = itertools.count(1)
 
 
 def _as_postgres() -> dict[str, Any]:
@@ -167,6 +169,31 @@ class PostgresServer:
             replica.close()
         self.stop()
         shutil.rmtree(self.root, ignore_errors=True)
+
+    def new_database(self) -> PostgresDatabase:
+        """An empty database of its own on this (shared) server."""
+        name = f"{DATABASE}_{next(_database_numbers)}"
+        self.sql(f"CREATE DATABASE {name}", database="postgres")
+        return PostgresDatabase(self, name)
+
+
+@dataclass
+class PostgresDatabase:
+    """One database of a shared server: what a test module sees as its PostgreSQL."""
+
+    server: PostgresServer
+    name: str
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.server.port}/{self.name}"
+
+    def sql(self, statement: str) -> str:
+        return self.server.sql(statement, database=self.name)
 
 
 def start_postgres() -> PostgresServer:

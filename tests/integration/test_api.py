@@ -243,9 +243,15 @@ def test_health_metrics_and_schema(server: Server) -> None:
     assert ready["status"] == "ok" and set(ready["checks"]) == {"database", "queue", "storage"}
     rid = c.get("/api/v1/users/nobody_x", headers={"X-Request-ID": "trace-123"})
     assert rid.headers["x-request-id"] == "trace-123"
-    metrics = c.get("/metrics").text
     route = r'route="/api/v1/users/\{username\}",status="404"'
-    assert re.search(r"picscale_http_requests_total\{method=\"GET\"," + route, metrics)
+    counted = r"picscale_http_requests_total\{method=\"GET\"," + route
+
+    def request_counted() -> str | None:
+        # a request is counted once its response has gone out: the next may come first
+        text = c.get("/metrics").text
+        return text if re.search(counted, text) else None
+
+    metrics = wait_until(request_counted, timeout=10, what="the 404 in the metrics")
     assert "picscale_http_request_duration_seconds_bucket" in metrics
     assert re.search(
         r'picscale_db_queries_total\{host="[^"]+",intent="read",role="primary"\}', metrics

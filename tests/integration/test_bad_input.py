@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 
 import httpx
@@ -44,6 +45,7 @@ def corrupt_jpeg() -> bytes:
     return bytes(data)
 
 
+@functools.cache  # the same bytes for each server: made once
 def bomb_png() -> bytes:
     # 20000 x 20000 = 400 megapixels, a few hundred kilobytes on disk
     data: bytes = pyvips.Image.black(20000, 20000).pngsave_buffer(compression=9)

@@ -197,7 +197,7 @@ def test_a_photo_goes_through_every_tier(full: Lab) -> None:
 def test_web_servers_and_workers_scale_under_load_without_a_restart(full: Lab) -> None:
     client = member(full.base)
 
-    def under_load(action: Callable[[], None], after: int = 100) -> list[int]:
+    def under_load(action: Callable[[], None], after: int = 60) -> list[int]:
         """Status codes of GET /api/v1/me sent without pause while ``action`` runs."""
         codes: list[int] = []
         stop = threading.Event()
@@ -285,7 +285,7 @@ def test_drill(full: Lab, name: str) -> None:
     result = subprocess.run(
         [
             sys.executable, "-m", "picscale", "drill", name, "--dir", str(full.root),
-            "--users", "6", "--before", "4", "--down-for", "6", "--after", "4",
+            "--users", "5", "--before", "3", "--down-for", "4", "--after", "3",
         ],
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip

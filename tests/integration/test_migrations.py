@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pg import PostgresServer
+from pg import PostgresDatabase
 from support import base_env
 
 
@@ -73,7 +73,9 @@ def test_bad_setting_names_the_variable(tmp_path: Path) -> None:
     assert "PICSCALE_PORT" in result.stderr
 
 
-def test_upgrade_downgrade_upgrade_on_postgresql(tmp_path: Path, postgres: PostgresServer) -> None:
+def test_upgrade_downgrade_upgrade_on_postgresql(
+    tmp_path: Path, postgres: PostgresDatabase
+) -> None:
     env = base_env(tmp_path, database_url=postgres.url)
 
     def migrate(*args: str) -> None:

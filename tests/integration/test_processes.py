@@ -80,8 +80,9 @@ def _jpeg(width: int = 640, height: int = 480) -> bytes:
 
 
 def _slow_jpeg() -> bytes:
-    """A photo whose edit takes a while: a big blur on 12 megapixels."""
-    noise = pyvips.Image.gaussnoise(4000, 3000, mean=128, sigma=40)
+    """A photo whose edit takes a while (seconds: far longer than the tests take to act
+    on a running job): two big blurs on 3 megapixels of noise."""
+    noise = pyvips.Image.gaussnoise(2000, 1500, mean=128, sigma=40)
     image = noise.bandjoin([noise, noise]).cast("uchar")
     data: bytes = image.jpegsave_buffer(Q=85)
     return data
@@ -206,6 +207,8 @@ def test_sigterm_lets_the_running_job_finish(
             ).json()
             wait_until(lambda: _job_row(db, job["id"])[0] == "running", what="the edit to start")
             os.killpg(worker.pid, signal.SIGTERM)
+            # still running once the signal is sent: the worker was told to stop mid-job
+            assert _job_row(db, job["id"])[0] == "running"
             assert worker.proc.wait(timeout=60) == 0
             status, attempts, _, crashes = _job_row(db, job["id"])
             assert (status, attempts, crashes) == ("done", 1, 0)  # finished by the stopping worker
