@@ -249,45 +249,48 @@ def scale(root: Path, tier: str, count: int, say: Callable[[str], None]) -> None
 
 
 def _scale_workers(lab: Lab, count: int, say: Callable[[str], None]) -> None:
-    layout = lab.layout
-    current = layout.worker_count
-    for n in range(current + 1, count + 1):
-        layout.workers = n
-        c = component(lab, f"worker{n}")
-        say(f"  worker{n}: starting…")
-        lab.supervisor.start_process(c.name)
-        _wait(partial(healthy, c), START_TIMEOUT_SECONDS, f"{c.name} to be healthy")
-        lab.save()
-        say(f"  worker{n}: taking jobs")
-    for n in range(current, count, -1):
-        say(f"  worker{n}: stopping (its jobs finish or go back to the queue)…")
-        lab.supervisor.stop_process(f"worker{n}")
-        layout.workers = n - 1
-        lab.save()
-        say(f"  worker{n}: stopped")
+    _scale_slots(lab, "worker", lab.layout.worker_count, count, say)
 
 
 def _scale_web(lab: Lab, count: int, say: Callable[[str], None]) -> None:
+    _scale_slots(lab, "web", lab.layout.web_count, count, say)
+
+
+def _scale_slots(lab: Lab, tier: str, current: int, count: int, say: Callable[[str], None]) -> None:
+    """Start slots ``current+1..count`` (each healthy, then, for web servers, ready in
+    HAProxy) or stop ``count+1..current`` (web servers drained first)."""
     layout = lab.layout
-    current = layout.web_count
+    web = tier == "web"
+
+    def record(n: int) -> None:
+        if web:
+            layout.webs = n
+        else:
+            layout.workers = n
+
     for n in range(current + 1, count + 1):
-        layout.webs = n
-        c = component(lab, f"web{n}")
-        say(f"  web{n}: starting on 127.0.0.1:{c.port}…")
+        record(n)
+        c = component(lab, f"{tier}{n}")
+        say(f"  {c.name}: starting on 127.0.0.1:{c.port}…")
         lab.supervisor.start_process(c.name)
         _wait(partial(healthy, c), START_TIMEOUT_SECONDS, f"{c.name} to be healthy")
-        haproxy_command(layout, f"set server webs/web{n} state ready")
+        if web:
+            haproxy_command(layout, f"set server webs/{c.name} state ready")
         lab.save()
-        say(f"  web{n}: in the pool")
+        say(f"  {c.name}: {'in the pool' if web else 'taking jobs'}")
     for n in range(current, count, -1):
-        say(f"  web{n}: draining…")
-        haproxy_command(layout, f"set server webs/web{n} state drain")
-        _wait(partial(_drained, layout, f"web{n}"), 60, f"web{n}'s requests to finish")
-        haproxy_command(layout, f"set server webs/web{n} state maint")
-        lab.supervisor.stop_process(f"web{n}")
-        layout.webs = n - 1
+        name = f"{tier}{n}"
+        if web:
+            say(f"  {name}: draining…")
+            haproxy_command(layout, f"set server webs/{name} state drain")
+            _wait(partial(_drained, layout, name), 60, f"{name}'s requests to finish")
+            haproxy_command(layout, f"set server webs/{name} state maint")
+        else:
+            say(f"  {name}: stopping (its jobs finish or go back to the queue)…")
+        lab.supervisor.stop_process(name)
+        record(n - 1)
         lab.save()
-        say(f"  web{n}: stopped")
+        say(f"  {name}: stopped")
 
 
 def haproxy_command(layout: Layout, command: str) -> str:
