@@ -29,11 +29,12 @@ lint: .venv/.synced
 	$(UV) run --frozen ruff check src tests bench
 	$(UV) run --frozen mypy
 
-# two passes: every test but the lab's on 2 xdist workers (tests sharing a costly fixture
-# stay on one worker: tests/conftest.py), then the lab's (marked serial there) alone, as
-# they time failovers under load; a pass that selects nothing (exit 5) is not a failure
+# two passes: every test but the lab's on 2 xdist workers, a module's tests on one worker
+# (they share its fixtures: servers started once per module), then the lab's (marked serial
+# in tests/conftest.py) alone, as they time failovers under load; a pass that selects
+# nothing (exit 5) is not a failure
 test: deps-test .venv/.synced lint
-	$(UV) run --frozen pytest -n 2 --dist loadgroup -m "not serial" $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(UV) run --frozen pytest -n 2 --dist loadfile -m "not serial" $(PYTEST_ARGS) || [ $$? -eq 5 ]
 	$(UV) run --frozen pytest -m serial $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 format: .venv/.synced

@@ -79,20 +79,7 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """For ``pytest -n N --dist loadgroup`` (the Makefile's): tests that share a costly
-    fixture run on one worker, so that it starts once; the others are spread one by one.
-    Sharing: the session's ``server`` (across modules), or any module-scoped fixture."""
     for item in items:
         if item.nodeid.startswith(SERIAL_MODULES):
             item.add_marker(pytest.mark.serial)
-        if "server" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("server"))
-            continue
-        info = getattr(item, "_fixtureinfo", None)
-        if info is None:
-            continue
-        scopes = {defs[-1].scope for defs in info.name2fixturedefs.values() if defs}
-        if scopes & {"module", "package", "class"}:
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
