@@ -58,7 +58,8 @@ class Metrics:
         )
         self.cache = Counter(
             "picscale_cache_events_total",
-            "Cache hits, misses, loads and invalidations",
+            "Cache hits, misses, loads (stale_load: read on a replica while the primary was"
+            " gone, not stored) and invalidations",
             ["event"],
             registry=r,
         )

@@ -139,15 +139,18 @@ class Cache:
             self._observe("load")
             since = self.backend.generation()
             started = time.perf_counter()
-            with primary_reads():
+            with primary_reads() as fresh:
                 value = await load()
             self._observe_load(time.perf_counter() - started)
             result: Found[Any] = Found(value)
-            await self.backend.set_many(
-                {key: result},
-                self._jittered(self.not_found_ttl if value is None else (ttl or self.ttl)),
-                since,
-            )
+            if fresh.stale:  # read on a replica while the primary was gone: not cached
+                self._observe("stale_load")
+            else:
+                await self.backend.set_many(
+                    {key: result},
+                    self._jittered(self.not_found_ttl if value is None else (ttl or self.ttl)),
+                    since,
+                )
             future.set_result(result)
             return value
         except BaseException as exc:
@@ -194,15 +197,18 @@ class Cache:
             self._observe("load", len(missing))
             since = self.backend.generation()
             started = time.perf_counter()
-            with primary_reads():
+            with primary_reads() as fresh:
                 loaded = await load_many(missing)
             self._observe_load(time.perf_counter() - started)
-            by_ident = {ident: key for key, ident in keys.items()}
-            await self.backend.set_many(
-                {by_ident[i]: Found(loaded.get(i)) for i in missing},
-                self._jittered(ttl or self.ttl),
-                since,
-            )
+            if fresh.stale:
+                self._observe("stale_load", len(missing))
+            else:
+                by_ident = {ident: key for key, ident in keys.items()}
+                await self.backend.set_many(
+                    {by_ident[i]: Found(loaded.get(i)) for i in missing},
+                    self._jittered(ttl or self.ttl),
+                    since,
+                )
             out.update({i: v for i, v in loaded.items() if v is not None})
         return out
 

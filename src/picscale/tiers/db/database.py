@@ -23,6 +23,7 @@ from picscale.tiers.db.replicas import (
     ReplicaSet,
     current_context,
     is_retryable_read_error,
+    mark_stale_read,
     node_name,
     reads_on_primary,
 )
@@ -55,14 +56,22 @@ class WriteTx:
 
 class ReadConnection:
     """A connection for reads. On a replica, a statement that fails because the node went
-    away (or recovery cancelled it) runs again on another replica or the primary."""
+    away (or recovery cancelled it) runs again on another replica or the primary. With
+    ``fall_back``, a statement on the primary that cannot reach it runs on a replica."""
 
     def __init__(
-        self, db: Database, stack: AsyncExitStack, replica: Replica | None, intent: str = "read"
+        self,
+        db: Database,
+        stack: AsyncExitStack,
+        replica: Replica | None,
+        intent: str = "read",
+        *,
+        fall_back: bool = False,
     ) -> None:
         self._db = db
         self._intent = intent
         self._stack = stack
+        self._fall_back = fall_back
         self.replica = replica
         self._conn: AsyncConnection | None = None
         self._tried: set[str] = set()
@@ -83,15 +92,27 @@ class ReadConnection:
                 return await getattr(conn, method)(*args, **kwargs)
             except Exception as exc:
                 replicas = self._db.replicas
-                if self.replica is None or replicas is None or not is_retryable_read_error(exc):
+                if replicas is None or not is_retryable_read_error(exc):
                     raise
-                log.warning("replica_read_failed", replica=self.replica.name, error=repr(exc)[:200])
-                replicas.mark_failed(self.replica, exc)
-                self._tried.add(self.replica.name)
                 if self._conn is not None:
                     with contextlib.suppress(Exception):
                         await self._conn.invalidate()
                 self._conn = None
+                if self.replica is None:  # the primary is gone: a failover
+                    if not self._fall_back:
+                        raise
+                    self.replica = await replicas.choose(None, exclude=self._tried)
+                    if self.replica is None:
+                        raise
+                    log.warning(
+                        "primary_read_on_replica", replica=self.replica.name, error=repr(exc)[:200]
+                    )
+                    mark_stale_read()
+                    self._fall_back = False  # once: a second failure is the replicas'
+                    continue
+                log.warning("replica_read_failed", replica=self.replica.name, error=repr(exc)[:200])
+                replicas.mark_failed(self.replica, exc)
+                self._tried.add(self.replica.name)
                 context = current_context()
                 self.replica = await replicas.choose(
                     context.required if context else None, exclude=self._tried
@@ -146,32 +167,41 @@ class Database:
         """A read-only unit of work, on a replica when one may serve it: never write inside.
 
         Reads of a request that has written go to the primary; otherwise a replica that
-        has replayed the request's required WAL position, else the primary.
+        has replayed the request's required WAL position, else the primary. While the
+        primary cannot be reached (a failover), a replica serves them, marked stale.
         """
         replica = None
         context = current_context()
         if self.replicas is not None and not (context and context.wrote):
             required = context.required if context else None
+            stale = False
             if reads_on_primary():
                 # a value for the cache: only a replica with every commit up to now will do
                 # (the write behind the invalidation we saw is among them)
                 try:
                     required = await self.replicas.primary_position(fresh=True)
-                except Exception:
-                    required = None
-                    log.warning("primary_position_failed", exc_info=True)
-            if required is not None or not reads_on_primary():
+                except Exception as exc:
+                    if not is_retryable_read_error(exc):
+                        raise
+                    log.warning("primary_position_failed", error=repr(exc)[:200])
+                    stale = True  # the primary is gone: any replica, and nothing cached
+            if required is not None or not reads_on_primary() or stale:
                 replica = await self.replicas.choose(required)
+                if stale and replica is not None:
+                    mark_stale_read()
         async with AsyncExitStack() as stack:
-            yield ReadConnection(self, stack, replica)
+            yield ReadConnection(self, stack, replica, fall_back=self.replicas is not None)
 
     @asynccontextmanager
-    async def read_primary(self, intent: str = "read") -> AsyncIterator[ReadConnection]:
+    async def read_primary(
+        self, intent: str = "read", *, fall_back: bool = False
+    ) -> AsyncIterator[ReadConnection]:
         """Reads that must see every commit (sessions, log-in checks): on the primary.
         ``intent`` names tier plumbing ("session", "cache", "auth") apart from domain reads
-        in the query metrics."""
+        in the query metrics. With ``fall_back``, a replica answers while the primary
+        cannot be reached (for reads that a moment's staleness does not make wrong)."""
         async with AsyncExitStack() as stack:
-            yield ReadConnection(self, stack, None, intent)
+            yield ReadConnection(self, stack, None, intent, fall_back=fall_back)
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[WriteTx]:

@@ -9,6 +9,9 @@
   a replica too far behind, or failing its check, is left out and re-checked later.
 - A read that fails on a replica (it died, or a hot-standby conflict cancelled it)
   is retried on another replica or the primary: the request still succeeds.
+- A read meant for the primary (fresh, or after the user's write) that cannot reach it
+  (a failover) is served by a replica rather than failing: possibly a little stale, so
+  it is never cached (``FreshReads.stale``). Sessions and log-in checks stay on the primary.
 """
 
 from __future__ import annotations
@@ -94,24 +97,41 @@ def current_context() -> ReadContext | None:
     return _context.get()
 
 
-_primary_only: ContextVar[bool] = ContextVar("picscale_primary_reads", default=False)
+@dataclass
+class FreshReads:
+    """Reads that must see every commit so far. ``stale`` is set when the primary could
+    not be asked (it is gone: a failover) and a replica answered instead: the value may
+    be served, but must not be cached."""
+
+    stale: bool = False
+
+
+_fresh_reads: ContextVar[FreshReads | None] = ContextVar("picscale_fresh_reads", default=None)
 
 
 @contextmanager
-def primary_reads() -> Iterator[None]:
+def primary_reads() -> Iterator[FreshReads]:
     """Reads inside must see every commit so far: for values that fill a cache (a
     replica's older copy, cached after the write's invalidation was applied, would stay
     stale for a TTL). They go to a replica that has replayed the primary's position as of
-    now, else to the primary."""
-    token = _primary_only.set(True)
+    now, else to the primary; if the primary is gone, to any replica, marked ``stale``."""
+    fresh = FreshReads()
+    token = _fresh_reads.set(fresh)
     try:
-        yield
+        yield fresh
     finally:
-        _primary_only.reset(token)
+        _fresh_reads.reset(token)
 
 
 def reads_on_primary() -> bool:
-    return _primary_only.get()
+    return _fresh_reads.get() is not None
+
+
+def mark_stale_read() -> None:
+    """A read meant for the primary was served by a replica: whatever it fills is stale."""
+    fresh = _fresh_reads.get()
+    if fresh is not None:
+        fresh.stale = True
 
 
 # -- the replicas ------------------------------------------------------------------------
