@@ -184,6 +184,13 @@ def test_request_id_on_every_line_and_on_the_job(tmp_path: Path) -> None:
         assert {"web", "worker"} <= processes  # the request and the job it queued
         assert any(e["event"] == "request" and e["status"] == 201 for e in tagged)
         assert all("timestamp" in e and "level" in e for e in lines())
+        # libraries' lines (pyvips, say) come out as JSON too; only the banner is text
+        text = [
+            line
+            for line in server.process.log().splitlines()
+            if line.strip() and not line.startswith("{")
+        ]
+        assert all(line.startswith(("picscale ", "serving ")) for line in text), text[:5]
 
 
 @pytest.mark.parametrize("backend", ["lease", "amqp"])

@@ -102,6 +102,9 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
             render_plugins=[ScalarRenderPlugin()],
         ),
         request_max_body_size=settings.max_json_bytes,
+        # logging is ours (JSON lines, configure_logging): Litestar's default config would
+        # reset the root logger to its own text format, at INFO
+        logging_config=None,
         debug=False,
     )
 
