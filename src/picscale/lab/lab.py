@@ -133,6 +133,18 @@ def healthy(component: Component) -> bool:
         return False
 
 
+def _wait_healthy(layout: Layout, c: Component) -> None:
+    """Until ``c`` answers its health check; else an error with the end of its log."""
+    try:
+        _wait(partial(healthy, c), START_TIMEOUT_SECONDS, f"{c.name} to be healthy")
+    except LabError as exc:
+        tail = _tail(layout.logs / f"{c.name}.log")
+        raise LabError(
+            f"{exc}; its log ({layout.logs / f'{c.name}.log'}) ends:\n{tail}\n"
+            f"`picscale lab logs {c.name}` shows it all; `picscale lab start {c.name}` retries"
+        ) from None
+
+
 def ask(port: int, message: bytes) -> bytes:
     """Send ``message`` to a loopback port; the first bytes of the answer (b"" if none)."""
     try:
@@ -213,7 +225,7 @@ def up(root: Path, stage: int, say: Callable[[str], None]) -> Lab:
             except Exception as exc:
                 tail = _tail(layout.logs / f"{c.name}.log")
                 raise LabError(f"{c.name} did not start ({exc}); its log ends:\n{tail}") from exc
-        _wait(partial(healthy, c), START_TIMEOUT_SECONDS, f"{c.name} to be healthy")
+        _wait_healthy(layout, c)
         if c.name == "postgres":
             _create_database(c.port)
         if c.name == "patroni1":
@@ -273,7 +285,7 @@ def _scale_slots(lab: Lab, tier: str, current: int, count: int, say: Callable[[s
         c = component(lab, f"{tier}{n}")
         say(f"  {c.name}: starting on 127.0.0.1:{c.port}…")
         lab.supervisor.start_process(c.name)
-        _wait(partial(healthy, c), START_TIMEOUT_SECONDS, f"{c.name} to be healthy")
+        _wait_healthy(layout, c)
         if web:
             haproxy_command(layout, f"set server webs/{c.name} state ready")
         lab.save()
@@ -586,7 +598,7 @@ def start(root: Path, name: str) -> None:
     c = component(lab, name)
     if lab.supervisor.processes().get(name, {}).get("statename") != "RUNNING":
         lab.supervisor.start_process(name)
-    _wait(lambda: healthy(c), START_TIMEOUT_SECONDS, f"{name} to be healthy")
+    _wait_healthy(lab.layout, c)
 
 
 def down(root: Path, say: Callable[[str], None]) -> list[int]:
