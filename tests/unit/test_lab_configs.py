@@ -4,6 +4,7 @@ checkers (HAProxy, Prometheus), and say what the lab relies on."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 from pathlib import Path
 
@@ -81,3 +82,17 @@ def test_redis_configs_are_written_once(tmp_path: Path) -> None:
     replica.write_text("# rewritten by Redis\n")
     prepare_cache(lab)
     assert replica.read_text() == "# rewritten by Redis\n"
+
+
+def test_lab_ports_are_free_distinct_and_below_the_ephemeral_range() -> None:
+    """An outgoing connection takes an ephemeral port: a lab port chosen there could be
+    taken before its server binds it."""
+    from picscale.lab.lab import _ephemeral_low, _free_port
+
+    taken: set[int] = set()
+    ports = [_free_port(taken) for _ in range(40)]
+    assert len(set(ports)) == len(ports)
+    assert all(10000 <= p < _ephemeral_low() for p in ports)
+    for port in ports:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))  # still free

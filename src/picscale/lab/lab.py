@@ -52,11 +52,31 @@ class LabError(RuntimeError):
     """Something the user can fix; the message says how."""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
+def _ephemeral_low() -> int:
+    """Where the kernel's ephemeral ports (outgoing connections, ``bind(0)``) begin."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _free_port(taken: set[int]) -> int:
+    """A free loopback port below the ephemeral range: a lab's ports are chosen long
+    before their servers bind them, and an outgoing connection could take an ephemeral
+    one in between (the server then fails with "address in use")."""
+    high = max(_ephemeral_low(), 12000)
+    for _ in range(1000):
+        port = secrets.randbelow(high - 10000) + 10000
+        if port in taken:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        taken.add(port)
         return port
+    raise LabError(f"no free loopback port between 10000 and {high}: free some and retry")
 
 
 @dataclass
@@ -92,8 +112,10 @@ class Lab:
             return None
         state = json.loads(path.read_text())
         ports = state["ports"]
+        taken = set(ports.values())
         for name in PORT_NAMES:  # a lab made by an older version lacks some
-            ports.setdefault(name, _free_port())
+            if name not in ports:
+                ports[name] = _free_port(taken)
         layout = Layout(
             root.resolve(),
             ports,
@@ -107,7 +129,8 @@ class Lab:
     @classmethod
     def create(cls, root: Path, stage: int) -> Lab:
         root.mkdir(parents=True, exist_ok=True)
-        ports = {name: _free_port() for name in PORT_NAMES}
+        taken: set[int] = set()
+        ports = {name: _free_port(taken) for name in PORT_NAMES}
         layout = Layout(root.resolve(), ports, secrets.token_urlsafe(48), stage)
         lab = cls(layout, secrets.token_urlsafe(24))
         lab.save()
