@@ -15,7 +15,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ class LabError(RuntimeError):
     """Something the user can fix; the message says how."""
 
 
+@cache
 def _ephemeral_low() -> int:
     """Where the kernel's ephemeral ports (outgoing connections, ``bind(0)``) begin."""
     try:
@@ -161,11 +162,16 @@ def _wait_healthy(layout: Layout, c: Component) -> None:
     try:
         _wait(partial(healthy, c), START_TIMEOUT_SECONDS, f"{c.name} to be healthy")
     except LabError as exc:
-        tail = _tail(layout.logs / f"{c.name}.log")
-        raise LabError(
-            f"{exc}; its log ({layout.logs / f'{c.name}.log'}) ends:\n{tail}\n"
-            f"`picscale lab logs {c.name}` shows it all; `picscale lab start {c.name}` retries"
-        ) from None
+        raise _with_log(layout, c.name, str(exc)) from None
+
+
+def _with_log(layout: Layout, name: str, problem: str) -> LabError:
+    """``problem``, with the end of the component's log and what to do next."""
+    log = layout.logs / f"{name}.log"
+    return LabError(
+        f"{problem}; its log ({log}) ends:\n{_tail(log)}\n"
+        f"`picscale lab logs {name}` shows it all; `picscale lab start {name}` retries"
+    )
 
 
 def ask(port: int, message: bytes) -> bytes:
@@ -246,8 +252,7 @@ def up(root: Path, stage: int, say: Callable[[str], None]) -> Lab:
             try:
                 supervisor.start_process(c.name)
             except Exception as exc:
-                tail = _tail(layout.logs / f"{c.name}.log")
-                raise LabError(f"{c.name} did not start ({exc}); its log ends:\n{tail}") from exc
+                raise _with_log(layout, c.name, f"{c.name} did not start ({exc})") from exc
         _wait_healthy(layout, c)
         if c.name == "postgres":
             _create_database(c.port)
@@ -270,32 +275,25 @@ def scale(root: Path, tier: str, count: int, say: Callable[[str], None]) -> None
             raise LabError("web servers scale behind the load balancer: stage 3 and up")
         if not 1 <= count <= MAX_WEB_SERVERS:
             raise LabError(f"web=N: N from 1 to {MAX_WEB_SERVERS}")
-        _scale_web(lab, count, say)
+        _scale_slots(lab, "web", count, say)
     elif tier == "workers":
         if layout.stage < 7:
             raise LabError("separate workers come at stage 7")
         if not 1 <= count <= MAX_WORKERS:
             raise LabError(f"workers=M: M from 1 to {MAX_WORKERS}")
-        _scale_workers(lab, count, say)
+        _scale_slots(lab, "worker", count, say)
     else:
         raise LabError(f"{tier}=…: scale web=N or workers=M")
     if layout.stage >= 8:
         scrape_targets(layout)
 
 
-def _scale_workers(lab: Lab, count: int, say: Callable[[str], None]) -> None:
-    _scale_slots(lab, "worker", lab.layout.worker_count, count, say)
-
-
-def _scale_web(lab: Lab, count: int, say: Callable[[str], None]) -> None:
-    _scale_slots(lab, "web", lab.layout.web_count, count, say)
-
-
-def _scale_slots(lab: Lab, tier: str, current: int, count: int, say: Callable[[str], None]) -> None:
+def _scale_slots(lab: Lab, tier: str, count: int, say: Callable[[str], None]) -> None:
     """Start slots ``current+1..count`` (each healthy, then, for web servers, ready in
     HAProxy) or stop ``count+1..current`` (web servers drained first)."""
     layout = lab.layout
     web = tier == "web"
+    current = layout.web_count if web else layout.worker_count
 
     def record(n: int) -> None:
         if web:

@@ -190,7 +190,7 @@ class Database:
                 if stale and replica is not None:
                     mark_stale_read()
         async with AsyncExitStack() as stack:
-            yield ReadConnection(self, stack, replica, fall_back=self.replicas is not None)
+            yield ReadConnection(self, stack, replica, fall_back=True)
 
     @asynccontextmanager
     async def read_primary(
