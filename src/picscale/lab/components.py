@@ -41,7 +41,9 @@ class Component:
     role: str
     command: list[str]
     port: int
-    health: str  # "http://…" answered 200; "pg" (pg_isready), "redis" (PING), "amqp"
+    # "http://…" answered 200; "pg" (pg_isready), "redis" (PING), "amqp";
+    # "patroni+http://…" (its REST API): the primary, or a replica the primary streams to
+    health: str
     env: dict[str, str] = field(default_factory=dict)
     user: str | None = None
     stop_signal: str = "TERM"
@@ -176,7 +178,7 @@ def components(layout: Layout, *, every_slot: bool = False) -> list[Component]:
                     role="PostgreSQL under Patroni",
                     command=["patroni", str(layout.root / f"patroni{n}" / "patroni.yml")],
                     port=layout.ports[f"pg{n}"],
-                    health=f"http://127.0.0.1:{layout.ports[f'patroni{n}']}/health",
+                    health=f"patroni+{layout.url(f'patroni{n}')}",
                     user=as_postgres,
                 )
             )

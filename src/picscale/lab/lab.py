@@ -143,6 +143,8 @@ def healthy(component: Component) -> bool:
         return ask(component.port, b"PING\r\n").startswith(b"+PONG")
     if component.health == "amqp":  # a broker that answers the protocol header
         return ask(component.port, b"AMQP\x00\x00\x09\x01")[:1] == b"\x01"
+    if component.health.startswith("patroni+"):
+        return _following(component.health.removeprefix("patroni+"))
     if component.health == "pg":
         result = subprocess.run(
             [str(PG_BIN / "pg_isready"), "-h", "127.0.0.1", "-p", str(component.port), "-q"],
@@ -155,6 +157,26 @@ def healthy(component: Component) -> bool:
             return int(response.status) == 200
     except (urllib.error.URLError, OSError):
         return False
+
+
+def _following(api: str) -> bool:
+    """A Patroni node (its REST API at ``api``) runs PostgreSQL as the primary, or as a
+    replica the primary streams to. Patroni's own /health is not enough: a former primary
+    starts as a replica, then stops a moment later to be rewound before it can follow."""
+    status, me = _json_at(f"{api}/patroni")
+    if status != 200 or me.get("state") != "running":
+        return False
+    if me.get("role") in ("master", "primary"):
+        return True
+    members = _json_at(f"{api}/cluster")[1].get("members", [])
+    name = next((m["name"] for m in members if m.get("api_url") == f"{api}/patroni"), None)
+    leader = next((m for m in members if m.get("role") == "leader"), None)
+    if name is None or leader is None:
+        return False
+    replication = _json_at(leader["api_url"])[1].get("replication", [])
+    return any(
+        r.get("application_name") == name and r.get("state") == "streaming" for r in replication
+    )
 
 
 def _wait_healthy(layout: Layout, c: Component) -> None:
@@ -362,7 +384,11 @@ def _server_stat(layout: Layout, backend: str, server: str) -> dict[str, str]:
 
 
 def _patroni(layout: Layout, n: int, path: str) -> tuple[int, Any]:
-    url = layout.url(f"patroni{n}") + path
+    return _json_at(layout.url(f"patroni{n}") + path)
+
+
+def _json_at(url: str) -> tuple[int, Any]:
+    """The status and JSON body of a GET (0 and {} if nothing answered)."""
     try:
         with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310
             return int(response.status), json.loads(response.read() or b"{}")
