@@ -12,6 +12,7 @@ from test_api import new_user, upload
 
 from pg import PostgresServer, start_postgres
 from support import Server, image_bytes, start_server, wait_until
+from tcp_proxy import TcpProxy
 
 
 @pytest.fixture(scope="module")
@@ -159,3 +160,63 @@ def test_a_stopped_replica_costs_no_failed_request(
         return reads_by_role(split_server)["replica"] > before
 
     wait_until(replica_used_again, timeout=30, what="the replica to be used again")
+
+
+def test_a_silent_primary_is_not_waited_for_by_every_read(
+    cluster: PostgresServer, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A primary host that stops answering (no refusal: silence) costs one connect timeout,
+    not one per read: reads that a replica may serve skip it until a probe finds it."""
+    proxy = TcpProxy(cluster.port)
+    srv = start_server(
+        tmp_path_factory.mktemp("silent"),
+        job_workers=0,
+        database_url=cluster.url.replace(f":{cluster.port}/", f":{proxy.port}/"),
+        database_replica_urls=cluster.replicas[0].url,
+        db_pool_timeout_seconds=2,  # each connect to the silent host waits this long
+    )
+    try:
+        client, _ = new_user(srv)
+        photo_id = upload(client, image_bytes(32, 32))["id"]
+        wait_replayed(cluster)
+        reader = httpx.Client(base_url=srv.url, timeout=30)
+        assert reader.get(f"/api/v1/photos/{photo_id}").status_code == 200
+
+        proxy.fall_silent()
+        # an anonymous read is a cache fill meant for the primary: served by the replica
+        # while the primary is out, and so not cached, each read is a fill again
+        statuses = [reader.get(f"/api/v1/photos/{photo_id}").status_code for _ in range(30)]
+        assert statuses == [200] * 30
+        tries = proxy.accepted_while_silent
+        # the first read's try, and the probes (one at a time, each waits 2 s): without
+        # the breaker, each read would have tried at least once
+        assert 1 <= tries <= 6, tries
+        assert replica_events(srv).get("primary_skipped", 0) >= 29
+
+        proxy.answer_again()
+        wait_until(lambda: replica_events(srv).get("primary_back", 0) >= 1, what="a probe")
+        stale = cache_events(srv).get("stale_load", 0)
+        for _ in range(3):
+            assert reader.get(f"/api/v1/photos/{photo_id}").status_code == 200
+        assert cache_events(srv).get("stale_load", 0) == stale  # fresh again, and cached
+    finally:
+        srv.close()
+        proxy.close()
+
+
+def _events(server: Server, metric: str) -> dict[str, float]:
+    found: dict[str, float] = {}
+    for line in httpx.get(server.url + "/metrics").text.splitlines():
+        if line.startswith(metric + "{"):
+            event = re.search(r'event="(\w+)"', line)
+            if event:
+                found[event.group(1)] = found.get(event.group(1), 0) + float(line.rsplit(" ", 1)[1])
+    return found
+
+
+def replica_events(server: Server) -> dict[str, float]:
+    return _events(server, "picscale_db_replica_events_total")
+
+
+def cache_events(server: Server) -> dict[str, float]:
+    return _events(server, "picscale_cache_events_total")

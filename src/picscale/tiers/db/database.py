@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from picscale.settings import Settings, SettingsError
 from picscale.tiers.db.replicas import (
     _PRIMARY_POSITION,
+    PrimaryUnreachable,
     Replica,
     ReplicaSet,
     current_context,
@@ -78,8 +79,13 @@ class ReadConnection:
 
     async def _connection(self) -> AsyncConnection:
         if self._conn is None:
+            breaker = self._db.replicas.breaker if self._db.replicas else None
+            if self.replica is None and self._fall_back and breaker and breaker.skip():
+                raise PrimaryUnreachable("the primary is out: a replica serves this read")
             engine = self.replica.engine if self.replica else self._db.reader_for_primary
             conn = await self._stack.enter_async_context(engine.connect())
+            if self.replica is None and breaker:
+                breaker.succeeded()
             conn.info["intent"] = self._intent
             conn.info["role"] = "replica" if self.replica else "primary"
             self._conn = conn
@@ -99,14 +105,19 @@ class ReadConnection:
                         await self._conn.invalidate()
                 self._conn = None
                 if self.replica is None:  # the primary is gone: a failover
+                    if not isinstance(exc, PrimaryUnreachable):
+                        replicas.breaker.failed()
                     if not self._fall_back:
                         raise
                     self.replica = await replicas.choose(None, exclude=self._tried)
                     if self.replica is None:
                         raise
-                    log.warning(
-                        "primary_read_on_replica", replica=self.replica.name, error=repr(exc)[:200]
-                    )
+                    if not isinstance(exc, PrimaryUnreachable):  # (the breaker said it once)
+                        log.warning(
+                            "primary_read_on_replica",
+                            replica=self.replica.name,
+                            error=repr(exc)[:200],
+                        )
                     mark_stale_read()
                     self._fall_back = False  # once: a second failure is the replicas'
                     continue
@@ -183,7 +194,8 @@ class Database:
                 except Exception as exc:
                     if not is_retryable_read_error(exc):
                         raise
-                    log.warning("primary_position_failed", error=repr(exc)[:200])
+                    if not isinstance(exc, PrimaryUnreachable):  # (the breaker said it once)
+                        log.warning("primary_position_failed", error=repr(exc)[:200])
                     stale = True  # the primary is gone: any replica, and nothing cached
             if required is not None or not reads_on_primary() or stale:
                 replica = await self.replicas.choose(required)
@@ -248,15 +260,22 @@ class Database:
     async def _writable_connection(self) -> AsyncConnection:
         deadline = time.monotonic() + self._failover_wait
         delay = 0.05
+        breaker = self.replicas.breaker if self.replicas else None
         while True:
             try:
-                return await self._primary.connect()
+                conn = await self._primary.connect()
             except (DBAPIError, OSError) as exc:
+                if breaker and is_retryable_read_error(exc):
+                    breaker.failed()
                 if not is_retryable_read_error(exc) or time.monotonic() + delay > deadline:
                     raise DatabaseUnavailable("no database primary answers") from exc
                 log.warning("primary_unavailable", retry_in=delay, error=repr(exc)[:200])
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
+            else:
+                if breaker:
+                    breaker.succeeded()
+                return conn
 
     async def ping(self) -> None:
         async with self._primary.connect() as conn:

@@ -12,6 +12,9 @@
 - A read meant for the primary (fresh, or after the user's write) that cannot reach it
   (a failover) is served by a replica rather than failing: possibly a little stale, so
   it is never cached (``FreshReads.stale``). Sessions and log-in checks stay on the primary.
+- Once the primary has failed to answer, those reads skip it (a circuit breaker) until a
+  probe, once a second in the background, finds it again: a dead host on a network does
+  not refuse, and every read that tried it would wait for the connect timeout.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ POSITION_TTL_SECONDS = 0.1
 # replica is usually a millisecond behind, and a check costs far less than the read
 FORCED_RECHECK_SECONDS = 0.002
 RECHECK_FAILED_SECONDS = 1.0
+PRIMARY_PROBE_SECONDS = 1.0  # while the primary is out, how often it is tried again
 
 _REPLICA_STATE = text(
     "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn() - '0/0'::pg_lsn, "
@@ -134,6 +138,69 @@ def mark_stale_read() -> None:
         fresh.stale = True
 
 
+# -- the primary, while it does not answer ----------------------------------------------
+
+
+class PrimaryUnreachable(ConnectionError):
+    """The primary failed to answer a moment ago: a read that may go elsewhere skips it."""
+
+
+class PrimaryBreaker:
+    """A circuit breaker on the primary, for the reads a replica may serve instead.
+
+    Every use of the primary reports how it went. After a failure the breaker is open:
+    ``skip()`` is true, and a probe in the background tries the primary every
+    ``PRIMARY_PROBE_SECONDS``; the first success (the probe's, or a write's) closes it.
+    Writes and sessions never skip: they need the primary, and wait for it.
+    """
+
+    def __init__(self, engine: AsyncEngine, observe: Callable[[str, str], None]) -> None:
+        self._engine = engine
+        self._observe = observe
+        self._open = False
+        self._probe_at = 0.0
+        self._probe: asyncio.Task[None] | None = None
+
+    def skip(self) -> bool:
+        """True while reads that may go elsewhere should not try the primary."""
+        if not self._open:
+            return False
+        if self._probe is None and time.monotonic() >= self._probe_at:
+            self._probe = asyncio.get_running_loop().create_task(self._try())
+        self._observe("primary_skipped", "primary")
+        return True
+
+    def failed(self) -> None:
+        if not self._open:
+            log.warning("primary_out", retry_every=PRIMARY_PROBE_SECONDS)
+            self._observe("primary_out", "primary")
+        self._open = True
+        self._probe_at = time.monotonic() + PRIMARY_PROBE_SECONDS
+
+    def succeeded(self) -> None:
+        if self._open:
+            log.info("primary_back")
+            self._observe("primary_back", "primary")
+        self._open = False
+
+    async def _try(self) -> None:
+        try:
+            async with self._engine.connect() as conn:
+                conn.info["intent"] = "check"
+                await asyncio.wait_for(conn.scalar(text("SELECT 1")), CHECK_TIMEOUT_SECONDS * 5)
+        except (DBAPIError, OSError, TimeoutError):
+            self.failed()
+        else:
+            self.succeeded()
+        finally:
+            self._probe = None
+
+    async def close(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            await asyncio.gather(self._probe, return_exceptions=True)
+
+
 # -- the replicas ------------------------------------------------------------------------
 
 
@@ -171,11 +238,18 @@ class ReplicaSet:
         self._observe_lag = observe_lag or (lambda _name, _s, _b: None)
         # set when replicas are discovered (Patroni): called before each routing decision
         self.refresh: Callable[[], Awaitable[None]] | None = None
+        self.breaker = PrimaryBreaker(primary, self._observe)
 
     async def primary_position(self, *, fresh: bool = False) -> int:
-        """Where the primary's WAL is: cached for 100 ms, or asked now (``fresh``)."""
+        """Where the primary's WAL is: cached for 100 ms, or asked now (``fresh``). While
+        the primary is out (``breaker``), the last known position, or for ``fresh``
+        PrimaryUnreachable."""
         if not fresh and time.monotonic() - self._primary_checked_at < POSITION_TTL_SECONDS:
             return self._primary_position
+        if self.breaker.skip():
+            if fresh:
+                raise PrimaryUnreachable("the primary is out: a probe looks for it")
+            return self._primary_position  # lag in bytes is judged on the last known one
         async with self._primary_lock:
             if fresh or time.monotonic() - self._primary_checked_at >= POSITION_TTL_SECONDS:
                 try:
@@ -185,7 +259,9 @@ class ReplicaSet:
                             conn.scalar(_PRIMARY_POSITION), CHECK_TIMEOUT_SECONDS * 5
                         )
                     self._primary_position = int(position or 0)
+                    self.breaker.succeeded()
                 except (DBAPIError, OSError, TimeoutError):
+                    self.breaker.failed()
                     if fresh:
                         raise
                     # lag in bytes is judged on the last known position
@@ -267,6 +343,7 @@ class ReplicaSet:
         return all(r.position >= position for r in self.replicas if r.healthy)
 
     async def dispose(self) -> None:
+        await self.breaker.close()
         for replica in self.replicas:
             await replica.engine.dispose()
 
