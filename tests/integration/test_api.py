@@ -353,3 +353,20 @@ def test_media_is_cdn_correct_revalidates_and_serves_ranges(server: Server) -> N
         whole = httpx.get(url, headers=headers)
         assert whole.status_code == 200 and whole.content == body, headers
     assert httpx.get(url, headers={"Range": "bytes=0-9", "If-Range": etag}).status_code == 206
+
+
+def test_head_answers_like_get_without_the_body(server: Server) -> None:
+    client, _ = new_user(server)
+    photo = wait_ready(client, upload(client, image_bytes(120, 80))["id"])
+    for path in (photo["urls"]["large"], f"/api/v1/photos/{photo['id']}", "/healthz"):
+        got, head = client.get(path), client.head(path)
+        assert head.status_code == got.status_code == 200, path
+        assert head.content == b"", path
+        for name in ("content-type", "content-length", "etag", "cache-control"):
+            assert head.headers.get(name) == got.headers.get(name), (path, name)
+    page = client.head("/")
+    assert page.status_code == 200 and page.content == b""
+    assert page.headers["content-type"].startswith("text/html")
+    # a route without GET still says which methods it has
+    head = client.head("/api/v1/users")
+    assert head.status_code == 405 and "POST" in head.headers["allow"]

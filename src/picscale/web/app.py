@@ -7,15 +7,27 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
+from typing import cast
 
 import structlog
 from litestar import Litestar
 from litestar.contrib.jinja import JinjaTemplateEngine
+from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin
 from litestar.template.config import TemplateConfig
+from litestar.types import (
+    HTTPScope,
+    LifeSpanReceive,
+    LifeSpanScope,
+    LifeSpanSend,
+    Message,
+    Receive,
+    Scope,
+    Send,
+)
 
 from picscale import __version__
 from picscale.domain.errors import DomainError
@@ -37,6 +49,39 @@ log = structlog.get_logger(__name__)
 
 def _package_dir(name: str) -> Path:
     return Path(str(resources.files("picscale.web").joinpath(name)))
+
+
+class _Litestar(Litestar):
+    """Litestar, answering HEAD as GET without the body (RFC 9110: a server that has GET
+    has HEAD); Litestar's GET routes alone would answer HEAD with 405."""
+
+    async def __call__(
+        self,
+        scope: Scope | LifeSpanScope,
+        receive: Receive | LifeSpanReceive,
+        send: Send | LifeSpanSend,
+    ) -> None:
+        if scope["type"] == ScopeType.HTTP and cast("HTTPScope", scope)["method"] == "HEAD":
+            cast("HTTPScope", scope)["method"] = "GET"
+            await super().__call__(scope, receive, _headers_only(send))  # type: ignore[arg-type]
+            return
+        await super().__call__(scope, receive, send)
+
+
+def _headers_only(send: Send) -> Send:
+    """The response's start (its Content-Length too), and an empty body at once."""
+    ended = False
+
+    async def headers_only(message: Message) -> None:
+        nonlocal ended
+        if message["type"] == "http.response.body":
+            if ended:
+                return
+            ended = True
+            message = {"type": "http.response.body", "body": b"", "more_body": False}
+        await send(message)
+
+    return headers_only
 
 
 def create_app(settings: Settings, services: Services | None = None) -> Litestar:
@@ -75,7 +120,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
     def current_services() -> Services:
         return holder["services"]
 
-    return Litestar(
+    return _Litestar(
         route_handlers=[
             build_api(settings, edge_base),
             build_pages(settings, edge_base),
