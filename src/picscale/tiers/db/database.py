@@ -76,11 +76,13 @@ class ReadConnection:
         self.replica = replica
         self._conn: AsyncConnection | None = None
         self._tried: set[str] = set()
+        self._skip = True  # the primary, while the breaker is open
 
     async def _connection(self) -> AsyncConnection:
         if self._conn is None:
             breaker = self._db.replicas.breaker if self._db.replicas else None
-            if self.replica is None and self._fall_back and breaker and breaker.skip():
+            skip = self.replica is None and self._fall_back and self._skip
+            if skip and breaker and breaker.skip():
                 raise PrimaryUnreachable("the primary is out: a replica serves this read")
             engine = self.replica.engine if self.replica else self._db.reader_for_primary
             conn = await self._stack.enter_async_context(engine.connect())
@@ -111,6 +113,9 @@ class ReadConnection:
                         raise
                     self.replica = await replicas.choose(None, exclude=self._tried)
                     if self.replica is None:
+                        if isinstance(exc, PrimaryUnreachable):  # no replica either: the
+                            self._skip = False  # primary may be back (promoted) already
+                            continue
                         raise
                     if not isinstance(exc, PrimaryUnreachable):  # (the breaker said it once)
                         log.warning(
