@@ -308,7 +308,7 @@ def test_drill(full: Lab, name: str) -> None:
     down: list[str] = []  # and the rest of the lab heals on its own
 
     def whole() -> bool:
-        down[:] = [name for name, row in full.remember().items() if row["health"] != "healthy"]
+        down[:] = [c for c, row in full.remember().items() if row["health"] != "healthy"]
         return not down
 
     with contextlib.suppress(AssertionError):
