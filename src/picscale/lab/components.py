@@ -597,10 +597,6 @@ defaults
     timeout connect 2s
     timeout client 60s
     timeout server 60s
-    # a connection to a server lasts one request: a client's idle keep-alive connection
-    # is not tied to a server connection that dies with its server (with 5 users, a
-    # web-server drill saw 2 requests end in a connection error without it, 0 with it)
-    option http-server-close
     # a request to a server that dies is retried, once, on another one
     retries 2
     option redispatch 1
