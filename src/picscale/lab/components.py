@@ -624,11 +624,6 @@ backend webs
     # a server that refuses connections (dead) leaves at once
     timeout check 5s
     default-server inter 1s fall 3 rise 2 check {_MARK_DOWN_AT_ONCE}
-    # only a request that provably did not run is sent again: GET, HEAD and OPTIONS after
-    # any failure, other methods only when the connection failed. A POST whose server died
-    # mid-request may have committed (a sign-up, an upload): replaying it could do it
-    # twice, so its client gets the 502 and decides (HAProxy's retry-on says as much)
-    http-request disable-l7-retry if !METH_GET !METH_HEAD !METH_OPTIONS
 {servers}
 {edge_config(layout) if layout.stage >= 5 else ""}"""
 
