@@ -25,7 +25,10 @@ def configure_logging(level: str = "info", *, process: str = "web") -> None:
             structlog.processors.JSONRenderer(),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        # one write of the line and its newline: print() writes them apart, and with
+        # unbuffered output (PYTHONUNBUFFERED, as supervisord runs us) another process
+        # sharing the file could write its line in between
+        logger_factory=structlog.WriteLoggerFactory(sys.stdout),
         cache_logger_on_first_use=True,
     )
     structlog.contextvars.bind_contextvars(process=process)
