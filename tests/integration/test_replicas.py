@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from test_api import new_user, upload
+from test_redis import cache_events, metric_values
 
 from pg import PostgresServer, start_postgres
 from support import Server, image_bytes, start_server, wait_until
@@ -204,19 +205,10 @@ def test_a_silent_primary_is_not_waited_for_by_every_read(
         proxy.close()
 
 
-def _events(server: Server, metric: str) -> dict[str, float]:
-    found: dict[str, float] = {}
-    for line in httpx.get(server.url + "/metrics").text.splitlines():
-        if line.startswith(metric + "{"):
-            event = re.search(r'event="(\w+)"', line)
-            if event:
-                found[event.group(1)] = found.get(event.group(1), 0) + float(line.rsplit(" ", 1)[1])
-    return found
-
-
 def replica_events(server: Server) -> dict[str, float]:
-    return _events(server, "picscale_db_replica_events_total")
-
-
-def cache_events(server: Server) -> dict[str, float]:
-    return _events(server, "picscale_cache_events_total")
+    out: dict[str, float] = {}
+    for labels, value in metric_values(server, "picscale_db_replica_events_total").items():
+        event = re.search(r'event="(\w+)"', labels)
+        if event:
+            out[event.group(1)] = out.get(event.group(1), 0) + value
+    return out
