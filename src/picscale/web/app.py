@@ -61,9 +61,10 @@ class _Litestar(Litestar):
         receive: Receive | LifeSpanReceive,
         send: Send | LifeSpanSend,
     ) -> None:
-        if scope["type"] == ScopeType.HTTP and cast("HTTPScope", scope)["method"] == "HEAD":
-            cast("HTTPScope", scope)["method"] = "GET"
-            await super().__call__(scope, receive, _headers_only(send))  # type: ignore[arg-type]
+        http = cast("HTTPScope", scope)
+        if scope["type"] == ScopeType.HTTP and http["method"] == "HEAD":
+            http["method"] = "GET"
+            await super().__call__(http, receive, _headers_only(send))  # type: ignore[arg-type]
             return
         await super().__call__(scope, receive, send)
 
