@@ -135,7 +135,7 @@ def render_alone(source: bytes, repeats: int) -> list[float]:
     from picscale.settings import Settings
 
     operations = msgspec.convert(edit_operations(), list[Operation])
-    max_pixels = Settings().max_pixels
+    max_pixels = Settings().photos.max_pixels
     render(source, operations, max_pixels=max_pixels)  # warm up: imports, codec tables
     times = []
     for _ in range(repeats):

@@ -105,9 +105,9 @@ class Supervisor:
             sys.executable, "-m", "granian",
             "--interface", "asgi",
             "--factory",
-            "--host", s.host,
-            "--port", str(s.port),
-            "--workers", str(s.workers),
+            "--host", s.web.host,
+            "--port", str(s.web.port),
+            "--workers", str(s.web.workers),
             "--no-ws",
             "--log-level", "warning",
             "--respawn-failed-workers",
@@ -131,11 +131,11 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         self.web = self._start_web()
-        self.workers = [self._start_worker() for _ in range(self.settings.job_workers)]
+        self.workers = [self._start_worker() for _ in range(self.settings.worker.processes)]
         s = self.settings
         click.echo(
-            f"serving http://{s.host}:{s.port} with {s.workers} web and "
-            f"{s.job_workers} job worker process(es); Ctrl-C stops",
+            f"serving http://{s.web.host}:{s.web.port} with {s.web.workers} web and "
+            f"{s.worker.processes} job worker process(es); Ctrl-C stops",
             err=True,
         )
         code = 0

@@ -54,13 +54,13 @@ def build_services(settings: Settings, metrics: Metrics | None = None) -> Servic
     cache = create_cache(settings, db, metrics.cache_event, metrics.cache_load)
     storage = create_media_store(settings)
     queue = create_job_queue(settings, db)
-    ids = IdGenerator(settings.logical_shards)
+    ids = IdGenerator(settings.shards.logical)
     edge = create_edge(settings, metrics)
     throttle = LoginThrottle(
         db,
-        per_account=settings.login_failures_per_account,
-        per_address=settings.login_failures_per_address,
-        window=timedelta(seconds=settings.login_window_seconds),
+        per_account=settings.login.failures_per_account,
+        per_address=settings.login.failures_per_address,
+        window=timedelta(seconds=settings.login.window_seconds),
     )
     photos = Photos(
         db,
@@ -69,8 +69,8 @@ def build_services(settings: Settings, metrics: Metrics | None = None) -> Servic
         queue,
         ids,
         edge,
-        max_upload_bytes=settings.max_upload_bytes,
-        max_pixels=settings.max_pixels,
+        max_upload_bytes=settings.photos.max_upload_bytes,
+        max_pixels=settings.photos.max_pixels,
     )
     return Services(
         settings=settings,
@@ -83,7 +83,7 @@ def build_services(settings: Settings, metrics: Metrics | None = None) -> Servic
         ids=ids,
         users=Users(db, cache, ids, throttle),
         photos=photos,
-        social=Social(db, cache, photos, feed_ttl=settings.feed_cache_seconds),
+        social=Social(db, cache, photos, feed_ttl=settings.feed.cache_seconds),
         events=create_job_events(settings, same_host=db.dialect == "sqlite"),
         edge=edge,
     )

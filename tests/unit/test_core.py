@@ -47,7 +47,7 @@ def test_random_shard_stays_within_logical_shards() -> None:
 
 def test_settings_from_environment_and_overrides() -> None:
     s = load_settings({"PICSCALE_PORT": "9000", "PICSCALE_JOB_LEASE_SECONDS": "2.5"}, workers=3)
-    assert (s.port, s.job_lease_seconds, s.workers) == (9000, 2.5, 3)
+    assert (s.web.port, s.queue.lease_seconds, s.web.workers) == (9000, 2.5, 3)
     assert s.resolved_database_url.startswith("sqlite:///")
     assert s.resolved_database_url.endswith("/data/picscale.db")
     assert load_settings({}, data_dir=Path("/srv/x")).resolved_storage_url == "file:///srv/x/media"
@@ -71,7 +71,7 @@ def test_bad_settings_name_what_to_fix(environ: dict[str, str], names: str) -> N
 
 def test_settings_are_frozen() -> None:
     with pytest.raises(AttributeError):
-        Settings().port = 1  # type: ignore[misc]
+        Settings().web.port = 1  # type: ignore[misc]
 
 
 def test_lru_evicts_least_recently_used_and_expires() -> None:

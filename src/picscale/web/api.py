@@ -82,7 +82,7 @@ async def start_session(
     session = await services.sessions.create(user.id)
     await bind_reads(services, session, fresh=True)
     secure = services.settings.is_production
-    ttl = services.settings.session_ttl_seconds
+    ttl = services.settings.sessions.ttl_seconds
     response.set_cookie(session_cookie(session.token, max_age=ttl, secure=secure))
     rotate_csrf(request, response)
     return session.token
@@ -92,9 +92,9 @@ def build_api(settings: Settings, media_base: Callable[[], str]) -> Router:
     urls = MediaUrls(media_base)
 
     def shared(request: Request[Any, Any, Any], keys: str) -> dict[str, str]:
-        return shared_headers(request, keys, settings.cdn_shared_seconds)
+        return shared_headers(request, keys, settings.cdn.shared_seconds)
 
-    max_limit = settings.max_page_size
+    max_limit = settings.feed.max_page_size
 
     Limit = Annotated[int, Parameter(ge=1, le=max_limit, description="page size")]
 
@@ -167,7 +167,7 @@ def build_api(settings: Settings, media_base: Callable[[], str]) -> Router:
         request: Request[Any, Any, Any],
         username: str,
         cursor: Cursor = None,
-        limit: Limit = settings.feed_page_size,
+        limit: Limit = settings.feed.page_size,
     ) -> Response[PageOut]:
         services = services_of(request)
         found = await services.users.profile(username)
@@ -180,7 +180,7 @@ def build_api(settings: Settings, media_base: Callable[[], str]) -> Router:
         "/photos",
         status_code=HTTP_201_CREATED,
         summary="Upload a photo (JPEG, PNG or WebP)",
-        request_max_body_size=settings.max_upload_bytes + 1024 * 1024,
+        request_max_body_size=settings.photos.max_upload_bytes + 1024 * 1024,
     )
     async def upload(
         request: Request[Any, Any, Any],
@@ -252,7 +252,7 @@ def build_api(settings: Settings, media_base: Callable[[], str]) -> Router:
     async def feed(
         request: Request[Any, Any, Any],
         cursor: Cursor = None,
-        limit: Limit = settings.feed_page_size,
+        limit: Limit = settings.feed.page_size,
     ) -> PageOut:
         user = await current_user(request)
         return page_out(urls, await services_of(request).social.feed(user, cursor, limit))

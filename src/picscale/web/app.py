@@ -101,11 +101,11 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        configure_vips(settings.vips_threads)  # uploads are probed in this process
+        configure_vips(settings.worker.vips_threads)  # uploads are probed in this process
         built = services or build_services(settings, metrics)
         holder["services"] = built
         app.state.services = built
-        log.info("web_started", database=built.db.dialect, cache=settings.cache_url)
+        log.info("web_started", database=built.db.dialect, cache=settings.cache.url)
         flusher = asyncio.create_task(built.metrics.flush_every())
         stop_watching = asyncio.Event()
         watcher = asyncio.create_task(built.edge.watch(stop_watching))
@@ -147,7 +147,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
             path="/schema",
             render_plugins=[ScalarRenderPlugin()],
         ),
-        request_max_body_size=settings.max_json_bytes,
+        request_max_body_size=settings.web.max_json_bytes,
         # logging is ours (JSON lines, configure_logging): Litestar's default config would
         # reset the root logger to its own text format, at INFO
         logging_config=None,

@@ -77,7 +77,7 @@ async def bind_reads(services: Services, session: Session, *, fresh: bool = Fals
     replicas = services.db.replicas
     if context is None or replicas is None:
         return
-    store, ttl = services.sessions, services.settings.sticky_seconds
+    store, ttl = services.sessions, services.settings.database.sticky_seconds
 
     async def remember(position: int) -> None:
         session.data["wal"] = {"lsn": format_lsn(position), "until": time.time() + ttl}

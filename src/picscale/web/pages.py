@@ -62,10 +62,10 @@ def build_pages(settings: Settings, media_base: Callable[[], str]) -> Router:
             me=user,
             csrf_token="" if public else csrf_token_of(request),
             urls=urls,
-            max_upload_mb=settings.max_upload_bytes // (1024 * 1024),
+            max_upload_mb=settings.photos.max_upload_bytes // (1024 * 1024),
         )
         headers = (
-            shared_headers(request, shared, settings.cdn_shared_seconds)
+            shared_headers(request, shared, settings.cdn.shared_seconds)
             if public and shared is not None
             else None
         )

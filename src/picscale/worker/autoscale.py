@@ -83,15 +83,15 @@ class Autoscaler:
         self.policy = Policy(
             minimum,
             maximum,
-            settings.autoscale_jobs_per_worker,
-            settings.autoscale_up_samples,
-            settings.autoscale_cooldown_seconds,
+            settings.worker.autoscale_jobs_per_worker,
+            settings.worker.autoscale_up_samples,
+            settings.worker.autoscale_cooldown_seconds,
         )
         self.workers: list[subprocess.Popen[bytes]] = []
         self.stopping: list[subprocess.Popen[bytes]] = []
 
     def _start_worker(self) -> subprocess.Popen[bytes]:
-        concurrency = str(self.settings.job_concurrency)
+        concurrency = str(self.settings.worker.concurrency)
         command = [sys.executable, "-m", "picscale", "worker", "--concurrency", concurrency]
         return subprocess.Popen(command, env={**os.environ, **self.settings.as_env()})
 
@@ -130,11 +130,11 @@ class Autoscaler:
     async def run(self, stop: asyncio.Event, metrics_port: int | None = None) -> None:
         services = build_services(self.settings)
         metrics = services.metrics
-        interval = self.settings.autoscale_interval_seconds
+        interval = self.settings.worker.autoscale_interval_seconds
         policy = self.policy
         server = None
         if metrics_port is not None:
-            server = await serve_metrics(metrics, self.settings.host, metrics_port)
+            server = await serve_metrics(metrics, self.settings.web.host, metrics_port)
         try:
             self._scale_to(policy.minimum, 0, "minimum", metrics)
             while not stop.is_set():

@@ -105,10 +105,10 @@ class Worker:
         # image's size (read when a child starts, so set before the pool spawns them)
         os.environ.setdefault("MALLOC_ARENA_MAX", "1")
         return ProcessPoolExecutor(
-            max_workers=self.settings.job_concurrency,
+            max_workers=self.settings.worker.concurrency,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_child_init,
-            initargs=(self.settings.vips_threads,),
+            initargs=(self.settings.worker.vips_threads,),
         )
 
     async def _render_version(self, job: ClaimedJob) -> Any:
@@ -117,7 +117,7 @@ class Worker:
     # -- the loop --------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        concurrency = self.settings.job_concurrency
+        concurrency = self.settings.worker.concurrency
         self._pool = self._new_pool()
         # start the pool's processes now, not on the first job
         with _group_signals_blocked():
@@ -148,7 +148,7 @@ class Worker:
 
     async def _claim_loop(self, stop: asyncio.Event) -> None:
         queue = self.services.queue
-        poll = self.settings.job_poll_seconds
+        poll = self.settings.queue.poll_seconds
         while not stop.is_set():
             try:
                 job = await queue.claim(self.name)
@@ -197,7 +197,7 @@ class Worker:
                 await asyncio.wait_for(stop.wait(), timeout=1.0)
 
     async def _heartbeat(self, job: ClaimedJob) -> None:
-        interval = max(0.2, self.settings.job_lease_seconds / 3)
+        interval = max(0.2, self.settings.queue.lease_seconds / 3)
         while True:
             await asyncio.sleep(interval)
             if not await self.services.queue.extend(job):
@@ -236,13 +236,13 @@ class Worker:
                     wal = job.payload.get("wal")
                     with read_context(required=int(wal) if wal is not None else None):
                         result = await asyncio.wait_for(
-                            handler(job), timeout=self.settings.job_time_limit_seconds
+                            handler(job), timeout=self.settings.worker.time_limit_seconds
                         )
                     log.info("job_done", result=result)
                 except ImageRejected as exc:
                     outcome = await queue.fail(job, exc.message, permanent=True)
                 except TimeoutError:
-                    limit = self.settings.job_time_limit_seconds
+                    limit = self.settings.worker.time_limit_seconds
                     outcome = await queue.fail(job, f"the job took longer than {limit} s")
                 except Exception as exc:
                     log.exception("job_error")
@@ -280,7 +280,7 @@ async def run_worker(
     flusher = asyncio.create_task(services.metrics.flush_every())
     server = None
     if metrics_port is not None:
-        server = await serve_metrics(services.metrics, settings.host, metrics_port)
+        server = await serve_metrics(services.metrics, settings.web.host, metrics_port)
     try:
         await Worker(services).run(stop)
     finally:

@@ -18,20 +18,20 @@ def create_cache(
     observe: Observer = _no_observer,
     observe_load: Callable[[float], None] = _no_timer,
 ) -> Cache:
-    scheme = urlsplit(settings.cache_url).scheme
+    scheme = urlsplit(settings.cache.url).scheme
     backend: CacheBackend
     if scheme == "memory":
         # the epoch file is a fast path for processes on one host, which SQLite implies
         epoch = EpochFile(settings.data_dir / "cache-epoch") if db.dialect == "sqlite" else None
-        backend = LocalCache(db, settings.cache_max_entries, epoch)
+        backend = LocalCache(db, settings.cache.max_entries, epoch)
     elif scheme in ("redis", "rediss", "redis+sentinel"):
         from picscale.tiers.cache.redis import NearCache, RedisCache, redis_client
 
-        client = redis_client(settings.cache_url, timeout=settings.cache_timeout_seconds)
+        client = redis_client(settings.cache.url, timeout=settings.cache.timeout_seconds)
         near = NearCache(
-            settings.cache_near_ttl_seconds,
-            settings.cache_hot_reads_per_second,
-            settings.cache_near_max_entries,
+            settings.cache.near_ttl_seconds,
+            settings.cache.hot_reads_per_second,
+            settings.cache.near_max_entries,
         )
         backend = RedisCache(client, observe, near)
     elif scheme == "none":
@@ -42,5 +42,5 @@ def create_cache(
             "use memory://, redis://host:port/db or none://"
         )
     return Cache(
-        backend, ttl=settings.cache_ttl_seconds, observe=observe, observe_load=observe_load
+        backend, ttl=settings.cache.ttl_seconds, observe=observe, observe_load=observe_load
     )

@@ -337,11 +337,11 @@ def async_url(url: str) -> str:
 def _sqlite_engine(url: str, settings: Settings, *, immediate: bool) -> AsyncEngine:
     engine = create_async_engine(
         url,
-        pool_size=settings.db_pool_size,
+        pool_size=settings.database.pool_size,
         max_overflow=0,
-        pool_timeout=settings.db_pool_timeout_seconds,
+        pool_timeout=settings.database.pool_timeout_seconds,
     )
-    busy_ms = int(settings.db_statement_timeout_seconds * 1000)
+    busy_ms = int(settings.database.statement_timeout_seconds * 1000)
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -365,15 +365,15 @@ def _sqlite_engine(url: str, settings: Settings, *, immediate: bool) -> AsyncEng
 
 
 def _postgres_engine(url: str | URL, settings: Settings) -> AsyncEngine:
-    timeout_ms = int(settings.db_statement_timeout_seconds * 1000)
+    timeout_ms = int(settings.database.statement_timeout_seconds * 1000)
     return create_async_engine(
         url,
-        pool_size=settings.db_pool_size,
-        max_overflow=settings.db_pool_size,
-        pool_timeout=settings.db_pool_timeout_seconds,
+        pool_size=settings.database.pool_size,
+        max_overflow=settings.database.pool_size,
+        pool_timeout=settings.database.pool_timeout_seconds,
         pool_pre_ping=True,
         connect_args={
-            "timeout": settings.db_pool_timeout_seconds,
+            "timeout": settings.database.pool_timeout_seconds,
             "server_settings": {"statement_timeout": str(timeout_ms)},
         },
     )
@@ -415,7 +415,7 @@ def _observed(
 def create_database(settings: Settings, observe: DatabaseObserver | None = None) -> Database:
     primary, reader, dialect = create_engines(settings)
     replicas = None
-    if settings.database_patroni_url:
+    if settings.database.patroni_url:
         if dialect != "postgresql":
             raise SettingsError(
                 "PICSCALE_DATABASE_PATRONI_URL needs PICSCALE_DATABASE_URL=postgresql://..."
@@ -431,19 +431,19 @@ def create_database(settings: Settings, observe: DatabaseObserver | None = None)
         replicas = ReplicaSet(
             [],
             primary,
-            max_lag_seconds=settings.replica_max_lag_seconds,
-            max_lag_bytes=settings.replica_max_lag_bytes,
+            max_lag_seconds=settings.database.replica_max_lag_seconds,
+            max_lag_bytes=settings.database.replica_max_lag_bytes,
             observe=observe.replica_event if observe else None,
             observe_lag=observe.replica_lag if observe else None,
         )
         discovery = PatroniDiscovery(
-            [u.strip() for u in settings.database_patroni_url.split(",") if u.strip()],
+            [u.strip() for u in settings.database.patroni_url.split(",") if u.strip()],
             replicas,
             template,
             lambda url: _observed(_postgres_engine(url, settings), "replica", dialect, observe),
         )
         replicas.refresh = discovery.refresh_if_due
-    elif settings.database_replica_urls:
+    elif settings.database.replica_urls:
         if dialect != "postgresql":
             raise SettingsError(
                 "PICSCALE_DATABASE_REPLICA_URLS needs PICSCALE_DATABASE_URL=postgresql://..."
@@ -453,13 +453,13 @@ def create_database(settings: Settings, observe: DatabaseObserver | None = None)
                 Replica(node_name(engine), engine)
                 for engine in (
                     _postgres_engine(async_url(url.strip()), settings)
-                    for url in settings.database_replica_urls.split(",")
+                    for url in settings.database.replica_urls.split(",")
                     if url.strip()
                 )
             ],
             primary,
-            max_lag_seconds=settings.replica_max_lag_seconds,
-            max_lag_bytes=settings.replica_max_lag_bytes,
+            max_lag_seconds=settings.database.replica_max_lag_seconds,
+            max_lag_bytes=settings.database.replica_max_lag_bytes,
             observe=observe.replica_event if observe else None,
             observe_lag=observe.replica_lag if observe else None,
         )
@@ -468,5 +468,5 @@ def create_database(settings: Settings, observe: DatabaseObserver | None = None)
     for replica in replicas.replicas if replicas else []:
         _observed(replica.engine, "replica", dialect, observe)
     return Database(
-        primary, reader, dialect, replicas, failover_wait=settings.db_failover_wait_seconds
+        primary, reader, dialect, replicas, failover_wait=settings.database.failover_wait_seconds
     )

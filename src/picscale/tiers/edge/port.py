@@ -160,16 +160,16 @@ class HttpEdge:
 
 
 def create_edge(settings: Settings, metrics: Metrics) -> Edge:
-    if not settings.cdn_url:
+    if not settings.cdn.url:
         return NoEdge()
-    scheme = urlsplit(settings.cdn_url).scheme
+    scheme = urlsplit(settings.cdn.url).scheme
     if scheme not in ("http", "https"):
         raise SettingsError(
             f"PICSCALE_CDN_URL scheme {scheme!r} is not supported: use http(s)://edge-host:port"
         )
     return HttpEdge(
-        settings.cdn_url,
-        settings.cdn_purge_url or settings.cdn_url,
+        settings.cdn.url,
+        settings.cdn.purge_url or settings.cdn.url,
         metrics=metrics,
-        interval=settings.cdn_health_seconds,
+        interval=settings.cdn.health_seconds,
     )

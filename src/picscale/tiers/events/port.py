@@ -137,10 +137,10 @@ class RedisJobEvents:
 
 def create_job_events(settings: Settings, same_host: bool) -> JobEvents:
     """Redis when the cache or the sessions are on Redis; else the data directory."""
-    for url in (settings.cache_url, settings.session_url):
+    for url in (settings.cache.url, settings.sessions.url):
         if urlsplit(url).scheme in ("redis", "rediss", "redis+sentinel"):
             from picscale.tiers.cache.redis import redis_client
 
-            return RedisJobEvents(redis_client(url, timeout=settings.cache_timeout_seconds))
+            return RedisJobEvents(redis_client(url, timeout=settings.cache.timeout_seconds))
     epoch = EpochFile(settings.data_dir / "job-epoch") if same_host else None
     return LocalJobEvents(epoch)

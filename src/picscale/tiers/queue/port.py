@@ -190,16 +190,16 @@ class JobQueue(Protocol):
 
 
 def create_job_queue(settings: Settings, db: Database) -> JobQueue:
-    scheme = urlsplit(settings.queue_url).scheme
+    scheme = urlsplit(settings.queue.url).scheme
     if scheme == "lease":
         from picscale.tiers.epoch import EpochFile
         from picscale.tiers.queue.lease import LeaseQueue
 
         return LeaseQueue(
             db,
-            lease_seconds=settings.job_lease_seconds,
-            max_attempts=settings.job_max_attempts,
-            max_crashes=settings.job_max_crashes,
+            lease_seconds=settings.queue.lease_seconds,
+            max_attempts=settings.queue.max_attempts,
+            max_crashes=settings.queue.max_crashes,
             # processes sharing a SQLite file share a host: a queued job wakes workers
             wakeup=EpochFile(settings.data_dir / "queue-epoch") if db.dialect == "sqlite" else None,
         )
@@ -208,10 +208,10 @@ def create_job_queue(settings: Settings, db: Database) -> JobQueue:
 
         return AmqpQueue(
             db,
-            settings.queue_url,
-            max_attempts=settings.job_max_attempts,
-            max_crashes=settings.job_max_crashes,
-            prefetch=settings.job_concurrency,
+            settings.queue.url,
+            max_attempts=settings.queue.max_attempts,
+            max_crashes=settings.queue.max_crashes,
+            prefetch=settings.worker.concurrency,
         )
     raise SettingsError(
         f"PICSCALE_QUEUE_URL scheme {scheme!r} is not supported: "

@@ -118,19 +118,19 @@ SESSION_TIMEOUT_SECONDS = 1.0
 
 
 def create_session_store(settings: Settings, db: Database) -> SessionStore:
-    scheme = urlsplit(settings.session_url).scheme
+    scheme = urlsplit(settings.sessions.url).scheme
     if scheme == "database":
-        return DatabaseSessionStore(db, timedelta(seconds=settings.session_ttl_seconds))
+        return DatabaseSessionStore(db, timedelta(seconds=settings.sessions.ttl_seconds))
     if scheme in ("redis", "rediss", "redis+sentinel"):
         from picscale.tiers.cache.redis import redis_client
         from picscale.tiers.sessions.redis import RedisSessionStore
 
         # sessions are not optional like the cache: a longer timeout than the cache's
-        client = redis_client(settings.session_url, timeout=SESSION_TIMEOUT_SECONDS)
+        client = redis_client(settings.sessions.url, timeout=SESSION_TIMEOUT_SECONDS)
         # behind Sentinel there are replicas: logins and logouts wait for one of them
         return RedisSessionStore(
             client,
-            timedelta(seconds=settings.session_ttl_seconds),
+            timedelta(seconds=settings.sessions.ttl_seconds),
             wait_replicas=1 if scheme == "redis+sentinel" else 0,
         )
     raise SettingsError(
