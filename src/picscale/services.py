@@ -16,6 +16,7 @@ from picscale.observability.metrics import Metrics
 from picscale.settings import Settings
 from picscale.tiers.cache import Cache, create_cache
 from picscale.tiers.db import Database, create_database
+from picscale.tiers.db.read_your_writes import Sticking
 from picscale.tiers.edge import Edge, create_edge
 from picscale.tiers.events import JobEvents, create_job_events
 from picscale.tiers.queue import JobQueue, create_job_queue
@@ -38,6 +39,7 @@ class Services:
     social: Social
     events: JobEvents
     edge: Edge
+    sticking: Sticking  # read-your-writes: a user's last write, kept in their session
 
     async def close(self) -> None:
         await self.edge.close()
@@ -72,12 +74,13 @@ def build_services(settings: Settings, metrics: Metrics | None = None) -> Servic
         max_upload_bytes=settings.photos.max_upload_bytes,
         max_pixels=settings.photos.max_pixels,
     )
+    sessions = create_session_store(settings, db)
     return Services(
         settings=settings,
         metrics=metrics,
         db=db,
         cache=cache,
-        sessions=create_session_store(settings, db),
+        sessions=sessions,
         queue=queue,
         storage=storage,
         ids=ids,
@@ -86,4 +89,10 @@ def build_services(settings: Settings, metrics: Metrics | None = None) -> Servic
         social=Social(db, cache, photos, feed_ttl=settings.feed.cache_seconds),
         events=create_job_events(settings, same_host=db.dialect == "sqlite"),
         edge=edge,
+        sticking=Sticking(
+            db,
+            sessions.update,
+            seconds=settings.database.sticky_seconds,
+            observe=metrics.replica_event,
+        ),
     )

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from picscale.tiers.db import current_context, format_lsn, parse_lsn, read_context
 from picscale.tiers.db.database import _multi_host, async_url
+from picscale.tiers.db.read_your_writes import (
+    current_scope,
+    format_lsn,
+    job_scope,
+    parse_lsn,
+    request_scope,
+)
 from picscale.tiers.db.replicas import is_retryable_read_error
 from picscale.tiers.queue.port import traced
 
@@ -16,22 +22,25 @@ def test_lsn_round_trip() -> None:
     assert parse_lsn("1/0") > parse_lsn("0/FFFFFFFF")
 
 
-def test_read_context_keeps_the_highest_positions_and_ends() -> None:
-    assert current_context() is None
-    with read_context(required=10) as ctx:
-        ctx.require(5)
-        ctx.wrote_at(30)
-        ctx.wrote_at(20)
-        assert (ctx.required, ctx.written, ctx.wrote) == (10, 30, True)
-        assert current_context() is ctx
-    assert current_context() is None
+def test_read_scope_keeps_the_highest_positions_and_ends() -> None:
+    assert current_scope() is None
+    with job_scope({"wal": 10}) as scope:
+        scope.require(5)
+        assert not scope.has_written
+        scope.wrote_at(30)
+        scope.wrote_at(20)
+        assert (scope.must_see, scope.written, scope.has_written) == (10, 30, True)
+        assert current_scope() is scope
+    assert current_scope() is None
+    with request_scope() as scope:
+        assert (scope.must_see, scope.pinned) == (None, False)
 
 
 def test_jobs_carry_the_position_of_the_request_that_queued_them() -> None:
     assert "wal" not in traced({"photo_id": 1})
-    with read_context(required=100) as ctx:
+    with job_scope({"wal": 100}) as scope:
         assert traced({"photo_id": 1})["wal"] == 100
-        ctx.wrote_at(250)
+        scope.wrote_at(250)
         assert traced({"photo_id": 1}) == {"photo_id": 1, "wal": 250}
 
 

@@ -228,7 +228,7 @@ class Photos:
 
     async def first_render(self, photo_id: int) -> int | None:
         """The job making a new photo's first version, while it is queued or running."""
-        async with self._db.read_primary("photos") as conn:
+        async with self._db.read_on_primary("photos") as conn:
             found = await conn.scalar(
                 select(jobs.c.id)
                 .where(

@@ -49,7 +49,7 @@ class LoginThrottle:
     async def check(self, username: str, address: str) -> None:
         keys = self._keys(username, address)
         now = utcnow()
-        async with self._db.read_primary("auth") as conn:
+        async with self._db.read_on_primary("auth") as conn:
             rows = (
                 await conn.execute(
                     select(login_failures).where(login_failures.c.key.in_(keys.values()))
@@ -152,7 +152,7 @@ class Users:
         name = normalise_username(username)
         await self._throttle.check(name, address)
         # on the primary: a log-in right after sign-up must find the new account
-        async with self._db.read_primary("auth") as conn:
+        async with self._db.read_on_primary("auth") as conn:
             row = (await conn.execute(select(users).where(users.c.username == name))).first()
         ok = await asyncio.to_thread(
             self._verify, row.password_hash if row is not None else None, password[:PASSWORD_MAX]

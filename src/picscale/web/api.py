@@ -20,7 +20,6 @@ from picscale.settings import Settings
 from picscale.web.auth import (
     SESSION_COOKIE,
     bearer_token,
-    bind_reads,
     cleared_session_cookie,
     current_user,
     protect,
@@ -80,7 +79,7 @@ async def start_session(
     if old:
         await services.sessions.delete(old)
     session = await services.sessions.create(user.id)
-    await bind_reads(services, session, fresh=True)
+    await services.sticking.bind(session, new=True)
     secure = services.settings.is_production
     ttl = services.settings.sessions.ttl_seconds
     response.set_cookie(session_cookie(session.token, max_age=ttl, secure=secure))

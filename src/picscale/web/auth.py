@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hmac
 import secrets
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,8 +21,6 @@ from litestar.handlers import BaseRouteHandler, HTTPRouteHandler
 from picscale.domain.errors import Unauthorized
 from picscale.domain.records import UserRecord
 from picscale.services import Services
-from picscale.tiers.db import current_context, format_lsn, parse_lsn
-from picscale.tiers.sessions import Session
 
 SESSION_COOKIE = "picscale_session"
 CSRF_COOKIE = "picscale_csrf"
@@ -63,35 +60,10 @@ async def optional_user(request: Request[Any, Any, Any]) -> UserRecord | None:
         services = services_of(request)
         session = await services.sessions.get(token)
         if session is not None:
-            await bind_reads(services, session)
+            await services.sticking.bind(session)  # read-your-writes for this user
             user = await services.users.get(session.user_id)
     state["user"] = user
     return user
-
-
-async def bind_reads(services: Services, session: Session, *, fresh: bool = False) -> None:
-    """Read-your-writes: after this user wrote, their reads need a replica that has
-    replayed the write (for ``sticky_seconds``); their writes now are remembered for
-    their next requests."""
-    context = current_context()
-    replicas = services.db.replicas
-    if context is None or replicas is None:
-        return
-    store, ttl = services.sessions, services.settings.database.sticky_seconds
-
-    async def remember(position: int) -> None:
-        session.data["wal"] = {"lsn": format_lsn(position), "until": time.time() + ttl}
-        await store.update(session)
-
-    context.remember = remember
-    wal = session.data.get("wal")
-    if fresh or not isinstance(wal, dict) or float(wal.get("until", 0)) <= time.time():
-        return
-    position = parse_lsn(str(wal["lsn"]))
-    # stickiness ends once every replica has caught up
-    if not await replicas.all_caught_up(position):
-        context.require(position)
-        services.metrics.replica_event("sticky", "")
 
 
 async def resolve_user(request: Request[Any, Any, Any]) -> None:

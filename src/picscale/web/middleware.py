@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, cast
 import structlog
 from litestar.enums import ScopeType
 
-from picscale.tiers.db import current_context, read_context
+from picscale.tiers.db.read_your_writes import current_scope, request_scope
 from picscale.web.caching import PRIVATE
 
 if TYPE_CHECKING:
@@ -78,11 +78,9 @@ class RequestContext:
         async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
-                reads = current_context()
-                if reads is not None and reads.written is not None and reads.remember:
-                    # before the client hears back: its next request must find this
-                    # write's position, so that its reads wait for a replica that has it
-                    await reads.remember(reads.written)
+                scope = current_scope()
+                if scope is not None:
+                    await scope.save_written()  # read-your-writes: before the client hears
                 status = message["status"]
                 headers = list(message.get("headers", ()))
                 headers.append((REQUEST_ID_HEADER, request_id.encode()))
@@ -96,7 +94,7 @@ class RequestContext:
             # see the writes other processes made since this process last looked
             services = self.services()
             await services.cache.sync()
-            with read_context():
+            with request_scope():
                 await self.app(scope, receive_tracked, send_with_id)
             if not body_read and status >= 400:
                 # refused before its body was read (too large, not allowed): read the rest,

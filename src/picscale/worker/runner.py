@@ -28,7 +28,7 @@ from picscale.observability.logging import configure_logging
 from picscale.observability.metrics import Metrics
 from picscale.services import Services, build_services
 from picscale.settings import Settings
-from picscale.tiers.db import read_context
+from picscale.tiers.db.read_your_writes import job_scope
 from picscale.tiers.db.schema import utcnow
 from picscale.tiers.queue import ClaimedJob
 from picscale.worker.metrics_server import serve_metrics
@@ -233,8 +233,7 @@ class Worker:
             else:
                 try:
                     # the job reads at least what the request that queued it had seen
-                    wal = job.payload.get("wal")
-                    with read_context(required=int(wal) if wal is not None else None):
+                    with job_scope(job.payload):
                         result = await asyncio.wait_for(
                             handler(job), timeout=self.settings.worker.time_limit_seconds
                         )

@@ -135,7 +135,7 @@ class LocalCache:
         # the log must miss nothing: read on the primary. While it is gone (a failover)
         # nothing new can commit, and a replica has the log up to a moment before: the
         # cursor moves on from a consistent snapshot, and a gap clears the cache anyway
-        async with self._db.read_primary("cache", fall_back=True) as conn:
+        async with self._db.read_on_primary("cache", fall_back=True) as conn:
             if self._cursor is None:
                 self._cursor = (await conn.scalar(select(func.max(cache_invalidations.c.seq)))) or 0
                 self._clear()

@@ -13,7 +13,8 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
-from picscale.tiers.db import WriteTx, primary_reads
+from picscale.tiers.db import WriteTx
+from picscale.tiers.db.read_your_writes import fresh_reads
 
 T = TypeVar("T")
 K = TypeVar("K")
@@ -139,7 +140,7 @@ class Cache:
             self._observe("load")
             since = self.backend.generation()
             started = time.perf_counter()
-            with primary_reads() as fresh:
+            with fresh_reads() as fresh:
                 value = await load()
             self._observe_load(time.perf_counter() - started)
             result: Found[Any] = Found(value)
@@ -197,7 +198,7 @@ class Cache:
             self._observe("load", len(missing))
             since = self.backend.generation()
             started = time.perf_counter()
-            with primary_reads() as fresh:
+            with fresh_reads() as fresh:
                 loaded = await load_many(missing)
             self._observe_load(time.perf_counter() - started)
             if fresh.stale:

@@ -32,7 +32,8 @@ from redis.exceptions import RedisError
 from picscale.settings import SettingsError
 from picscale.tiers.cache.local import LruCache
 from picscale.tiers.cache.port import Found, Observer
-from picscale.tiers.db import WriteTx, current_context
+from picscale.tiers.db import WriteTx
+from picscale.tiers.db.read_your_writes import current_scope
 
 log = structlog.get_logger(__name__)
 
@@ -81,9 +82,9 @@ class NearCache:
     def usable(self) -> bool:
         if not (self.enabled and self.ready):
             return False
-        context = current_context()
+        scope = current_scope()
         # read-your-writes: a user who has just written reads past the near cache
-        return context is None or (context.required is None and not context.wrote)
+        return scope is None or not scope.pinned
 
     def get(self, key: str) -> Found[Any] | None:
         return self._entries.get(key)

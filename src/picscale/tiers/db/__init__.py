@@ -2,6 +2,7 @@
 
 ``Database.read()`` may be answered by a replica; ``Database.write()`` always runs on the
 primary, in one transaction, and runs its after-commit actions only once it committed.
+What each request or job must read is decided in ``read_your_writes``.
 """
 
 from picscale.tiers.db.database import (
@@ -12,26 +13,12 @@ from picscale.tiers.db.database import (
     create_database,
     is_unique_violation,
 )
-from picscale.tiers.db.replicas import (
-    ReadContext,
-    current_context,
-    format_lsn,
-    parse_lsn,
-    primary_reads,
-    read_context,
-)
 
 __all__ = [
     "Database",
     "DatabaseUnavailable",
     "ReadConnection",
-    "ReadContext",
     "WriteTx",
     "create_database",
-    "current_context",
-    "format_lsn",
     "is_unique_violation",
-    "parse_lsn",
-    "primary_reads",
-    "read_context",
 ]

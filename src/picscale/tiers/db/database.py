@@ -17,16 +17,14 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from picscale.settings import Settings, SettingsError
+from picscale.tiers.db.read_your_writes import current_scope, mark_stale_read, wants_fresh
 from picscale.tiers.db.replicas import (
-    _PRIMARY_POSITION,
+    PRIMARY_POSITION,
     PrimaryUnreachable,
     Replica,
     ReplicaSet,
-    current_context,
     is_retryable_read_error,
-    mark_stale_read,
     node_name,
-    reads_on_primary,
 )
 
 log = structlog.get_logger(__name__)
@@ -129,9 +127,9 @@ class ReadConnection:
                 log.warning("replica_read_failed", replica=self.replica.name, error=repr(exc)[:200])
                 replicas.mark_failed(self.replica, exc)
                 self._tried.add(self.replica.name)
-                context = current_context()
+                scope = current_scope()
                 self.replica = await replicas.choose(
-                    context.required if context else None, exclude=self._tried
+                    scope.must_see if scope else None, exclude=self._tried
                 )
 
     async def execute(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
@@ -183,15 +181,16 @@ class Database:
         """A read-only unit of work, on a replica when one may serve it: never write inside.
 
         Reads of a request that has written go to the primary; otherwise a replica that
-        has replayed the request's required WAL position, else the primary. While the
-        primary cannot be reached (a failover), a replica serves them, marked stale.
+        has replayed what the request must see (``read_your_writes``), else the primary.
+        Fresh reads, while the primary cannot be reached (a failover), are served by a
+        replica, marked stale.
         """
         replica = None
-        context = current_context()
-        if self.replicas is not None and not (context and context.wrote):
-            required = context.required if context else None
+        scope = current_scope()
+        if self.replicas is not None and not (scope and scope.has_written):
+            required = scope.must_see if scope else None
             stale = False
-            if reads_on_primary():
+            if wants_fresh():
                 # a value for the cache: only a replica with every commit up to now will do
                 # (the write behind the invalidation we saw is among them)
                 try:
@@ -202,7 +201,7 @@ class Database:
                     if not isinstance(exc, PrimaryUnreachable):  # (the breaker said it once)
                         log.warning("primary_position_failed", error=repr(exc)[:200])
                     stale = True  # the primary is gone: any replica, and nothing cached
-            if required is not None or not reads_on_primary() or stale:
+            if required is not None or not wants_fresh() or stale:
                 replica = await self.replicas.choose(required)
                 if stale and replica is not None:
                     mark_stale_read()
@@ -210,7 +209,7 @@ class Database:
             yield ReadConnection(self, stack, replica, fall_back=True)
 
     @asynccontextmanager
-    async def read_primary(
+    async def read_on_primary(
         self, intent: str = "read", *, fall_back: bool = False
     ) -> AsyncIterator[ReadConnection]:
         """Reads that must see every commit (sessions, log-in checks): on the primary.
@@ -244,14 +243,14 @@ class Database:
                 if is_retryable_read_error(exc):
                     raise DatabaseUnavailable("the database primary went away") from exc
                 raise
-            context = current_context()
-            if context is not None:
+            scope = current_scope()
+            if scope is not None:
                 position = None
                 if self.replicas is not None:
                     # where the primary's WAL is now: this user's reads need a replica
                     # that has replayed at least this far
-                    position = int(await conn.scalar(_PRIMARY_POSITION) or 0)
-                context.wrote_at(position)
+                    position = int(await conn.scalar(PRIMARY_POSITION) or 0)
+                scope.wrote_at(position)
         finally:
             await conn.close()
         for action in tx._after_commit:

@@ -1,4 +1,4 @@
-"""Reads on replicas, with read-your-writes (the design of GitLab's load balancer).
+"""Reads on replicas (the design of GitLab's load balancer).
 
 - Reads go to a healthy replica; writes, and the reads of a request that has written,
   go to the primary.
@@ -15,6 +15,9 @@
 - Once the primary has failed to answer, those reads skip it (a circuit breaker) until a
   probe, once a second in the background, finds it again: a dead host on a network does
   not refuse, and every read that tried it would wait for the connect timeout.
+
+What each request or job must see is decided in ``read_your_writes``; this module keeps
+the replicas' state and chooses among them.
 """
 
 from __future__ import annotations
@@ -22,9 +25,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import structlog
@@ -48,94 +49,7 @@ _REPLICA_STATE = text(
     "ELSE COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 0) END"
 )
 # the insert position: it includes our commit record even before it is flushed
-_PRIMARY_POSITION = text("SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn")
-
-
-def format_lsn(position: int) -> str:
-    """An LSN as PostgreSQL writes it (``16/B374D848``)."""
-    return f"{position >> 32:X}/{position & 0xFFFFFFFF:X}"
-
-
-def parse_lsn(value: str) -> int:
-    high, _, low = value.partition("/")
-    return (int(high, 16) << 32) | int(low, 16)
-
-
-# -- what the current request (or job) has done and needs -----------------------------
-
-
-@dataclass
-class ReadContext:
-    required: int | None = None  # replicas must have replayed this to serve our reads
-    written: int | None = None  # the primary's position after our last write
-    wrote: bool = False
-    # set by whoever knows the user (the web layer): keeps ``written`` for their next reads
-    remember: Callable[[int], Awaitable[None]] | None = None
-
-    def require(self, position: int | None) -> None:
-        if position is not None and (self.required is None or position > self.required):
-            self.required = position
-
-    def wrote_at(self, position: int | None) -> None:
-        self.wrote = True
-        if position is not None and (self.written is None or position > self.written):
-            self.written = position
-
-
-_context: ContextVar[ReadContext | None] = ContextVar("picscale_read_context", default=None)
-
-
-@contextmanager
-def read_context(required: int | None = None) -> Iterator[ReadContext]:
-    """One request's or job's reads: what it must see, and what it wrote."""
-    ctx = ReadContext()
-    ctx.require(required)
-    token = _context.set(ctx)
-    try:
-        yield ctx
-    finally:
-        _context.reset(token)
-
-
-def current_context() -> ReadContext | None:
-    return _context.get()
-
-
-@dataclass
-class FreshReads:
-    """Reads that must see every commit so far. ``stale`` is set when the primary could
-    not be asked (it is gone: a failover) and a replica answered instead: the value may
-    be served, but must not be cached."""
-
-    stale: bool = False
-
-
-_fresh_reads: ContextVar[FreshReads | None] = ContextVar("picscale_fresh_reads", default=None)
-
-
-@contextmanager
-def primary_reads() -> Iterator[FreshReads]:
-    """Reads inside must see every commit so far: for values that fill a cache (a
-    replica's older copy, cached after the write's invalidation was applied, would stay
-    stale for a TTL). They go to a replica that has replayed the primary's position as of
-    now, else to the primary; if the primary is gone, to any replica, marked ``stale``."""
-    fresh = FreshReads()
-    token = _fresh_reads.set(fresh)
-    try:
-        yield fresh
-    finally:
-        _fresh_reads.reset(token)
-
-
-def reads_on_primary() -> bool:
-    return _fresh_reads.get() is not None
-
-
-def mark_stale_read() -> None:
-    """A read meant for the primary was served by a replica: whatever it fills is stale."""
-    fresh = _fresh_reads.get()
-    if fresh is not None:
-        fresh.stale = True
+PRIMARY_POSITION = text("SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn")
 
 
 # -- the primary, while it does not answer ----------------------------------------------
@@ -256,7 +170,7 @@ class ReplicaSet:
                     async with self._primary.connect() as conn:
                         conn.info["intent"] = "check"
                         position = await asyncio.wait_for(
-                            conn.scalar(_PRIMARY_POSITION), CHECK_TIMEOUT_SECONDS * 5
+                            conn.scalar(PRIMARY_POSITION), CHECK_TIMEOUT_SECONDS * 5
                         )
                     self._primary_position = int(position or 0)
                     self.breaker.succeeded()

@@ -12,7 +12,7 @@ from picscale.tiers.queue.port import DeadJob
 
 
 async def list_dead(db: Database, limit: int) -> list[DeadJob]:
-    async with db.read_primary("queue") as conn:
+    async with db.read_on_primary("queue") as conn:
         rows = await conn.execute(
             select(jobs.c.id, jobs.c.kind, jobs.c.attempts, jobs.c.last_error, jobs.c.updated_at)
             .where(jobs.c.status == "dead")
@@ -23,7 +23,7 @@ async def list_dead(db: Database, limit: int) -> list[DeadJob]:
 
 
 async def count_dead(db: Database) -> int:
-    async with db.read_primary("queue") as conn:
+    async with db.read_on_primary("queue") as conn:
         count = await conn.scalar(
             select(func.count()).select_from(jobs).where(jobs.c.status == "dead")
         )

@@ -15,7 +15,8 @@ import structlog
 from sqlalchemy import case, insert
 
 from picscale.settings import Settings, SettingsError
-from picscale.tiers.db import Database, WriteTx, current_context
+from picscale.tiers.db import Database, WriteTx
+from picscale.tiers.db.read_your_writes import stamp_job
 from picscale.tiers.db.schema import jobs, utcnow
 
 
@@ -123,15 +124,10 @@ async def insert_job(
 def traced(payload: dict[str, Any]) -> dict[str, Any]:
     """The payload with the current request's id (the job's log lines carry it too) and
     WAL position (the job reads what the request saw, whichever replica serves it)."""
-    out = dict(payload)
+    out = stamp_job(payload)
     request_id = structlog.contextvars.get_contextvars().get("request_id")
     if request_id:
         out["request_id"] = request_id
-    context = current_context()
-    if context is not None:
-        positions = [p for p in (context.written, context.required) if p is not None]
-        if positions:
-            out["wal"] = max(positions)
     return out
 
 

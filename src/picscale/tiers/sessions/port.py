@@ -75,7 +75,9 @@ class DatabaseSessionStore:
         if not token or len(token) > 256:
             return None
         digest = token_digest(token)
-        async with self._db.read_primary("session") as conn:  # a new session must be seen at once
+        async with self._db.read_on_primary(
+            "session"
+        ) as conn:  # a new session must be seen at once
             row = (
                 await conn.execute(
                     select(sessions.c.user_id, sessions.c.data, sessions.c.expires_at).where(
