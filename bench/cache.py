@@ -57,11 +57,11 @@ def seed(data_dir: Path, photos: int) -> list[int]:
     """A user and ``photos`` ready photos, inserted in bulk (the API is not what we time)."""
     from sqlalchemy import create_engine, insert
 
+    from picscale.data.schema import photos as photos_table
+    from picscale.data.schema import users
     from picscale.ids import IdGenerator
     from picscale.settings import load_settings
     from picscale.tiers.db.migrate import upgrade
-    from picscale.tiers.db.schema import photos as photos_table
-    from picscale.tiers.db.schema import users
 
     settings = load_settings({}, data_dir=data_dir)
     upgrade(settings)

@@ -358,8 +358,8 @@ def media_migrate(data_dir: Path | None, to_url: str, from_url: str | None, jobs
     run again. Exits non-zero if any object could not be copied and verified. Point
     PICSCALE_STORAGE_URL at the new store once it succeeds.
     """
+    from picscale.tiers.storage import open_media_store
     from picscale.tiers.storage.migrate import MigrationReport, Progress, migrate_media
-    from picscale.tiers.storage.port import open_media_store
 
     settings = _settings(data_dir=data_dir)
     source_url = from_url or settings.resolved_storage_url

@@ -53,7 +53,7 @@ class Services:
 def build_services(settings: Settings, metrics: Metrics | None = None) -> Services:
     metrics = metrics or Metrics()
     db = create_database(settings, metrics)
-    cache = create_cache(settings, db, metrics.cache_event, metrics.cache_load)
+    cache = create_cache(settings, db, metrics)
     storage = create_media_store(settings)
     queue = create_job_queue(settings, db)
     ids = IdGenerator(settings.shards.logical)
@@ -93,6 +93,6 @@ def build_services(settings: Settings, metrics: Metrics | None = None) -> Servic
             db,
             sessions.update,
             seconds=settings.database.sticky_seconds,
-            observe=metrics.replica_event,
+            metrics=metrics,
         ),
     )

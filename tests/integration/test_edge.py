@@ -231,7 +231,7 @@ def test_delete_purges_the_edge_before_the_api_answers(stack: Stack) -> None:
 def test_a_purge_of_many_keys_goes_in_batches(stack: Stack) -> None:
     """An account with thousands of follows still purges: keys go 100 to a request."""
     from picscale.observability.metrics import Metrics
-    from picscale.tiers.edge.port import HttpEdge
+    from picscale.tiers.edge.http import HttpEdge
 
     async def purge() -> None:
         edge = HttpEdge(stack.edge_url, stack.edge_url, metrics=Metrics(), interval=1)

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from pathlib import Path
 
 from sqlalchemy import func, select, update
 
-from picscale.domain.photos import RENDER_JOB
-from picscale.imaging import Blur, render
+from picscale.data.schema import jobs, photo_versions
+from picscale.imaging import Blur, Operation, Rendered, render
+from picscale.jobs.render_version import KIND as RENDER_JOB
 from picscale.services import build_services
 from picscale.settings import load_settings
 from picscale.tiers.db.migrate import upgrade
-from picscale.tiers.db.schema import jobs, photo_versions
 from picscale.worker import Worker
 from support import async_wait_until, image_bytes
 
@@ -22,24 +23,25 @@ async def test_running_a_job_twice_makes_one_version(tmp_path: Path) -> None:
     await asyncio.to_thread(upgrade, settings)
     services = build_services(settings)
 
-    async def renderer(source: bytes, ops: object, max_pixels: int) -> object:
-        return await asyncio.to_thread(render, source, ops, max_pixels=max_pixels)  # type: ignore[arg-type]
+    async def renderer(source: bytes, ops: Sequence[Operation], max_pixels: int) -> Rendered:
+        return await asyncio.to_thread(render, source, ops, max_pixels=max_pixels)
 
+    worker = Worker(services, render=renderer)  # in this process: no pool to start
     try:
         user = await services.users.sign_up("twice", "password123", None)
         photo = await services.photos.upload(user, image_bytes(320, 240), "")
         first = await services.queue.claim("w1")
         assert first is not None and first.kind == RENDER_JOB
-        await services.photos.render_version(first, renderer)  # type: ignore[arg-type]
+        assert await worker.process(first) == "done"
         edit = await services.photos.request_edit(user, photo.id, [Blur(sigma=2)])
         job = await services.queue.claim("w1")
         assert job is not None and job.id == edit.id
 
         # the same job delivered again, e.g. after a lost acknowledgement
-        await services.photos.render_version(job, renderer)  # type: ignore[arg-type]
+        assert await worker.process(job) == "done"
         async with services.db.write() as tx:
             await tx.conn.execute(update(jobs).where(jobs.c.id == job.id).values(status="running"))
-        await services.photos.render_version(job, renderer)  # type: ignore[arg-type]
+        assert await worker.process(job) == "done"
 
         async with services.db.read() as conn:
             count = await conn.scalar(

@@ -204,13 +204,14 @@ def test_requests_succeed_while_the_cache_is_down(
 
 
 def test_settings_name_the_redis_schemes(tmp_path: Path) -> None:
+    from picscale.observability.metrics import Metrics
     from picscale.settings import SettingsError, load_settings
     from picscale.tiers.cache import create_cache
     from picscale.tiers.db import create_database
 
     settings = load_settings({}, data_dir=tmp_path, cache_url="memcached://x")
     with pytest.raises(SettingsError, match="redis://"):
-        create_cache(settings, create_database(settings))
+        create_cache(settings, create_database(settings, Metrics()), Metrics())
 
 
 def test_a_stampede_on_one_cold_key_loads_it_at_most_twice(
@@ -297,12 +298,14 @@ def test_a_fill_that_raced_a_write_stores_nothing(redis_cache: RedisServer) -> N
     with the key)."""
     import asyncio
 
-    from picscale.tiers.cache.port import Cache
-    from picscale.tiers.cache.redis import RedisCache, redis_client
+    from picscale.observability.metrics import Metrics
+    from picscale.tiers.cache import Cache
+    from picscale.tiers.cache.redis import RedisCache
+    from picscale.tiers.redis_client import redis_client
 
     async def scenario() -> tuple[dict[str, object], str | None, str | None]:
-        a = RedisCache(redis_client(redis_cache.url, timeout=1.0), lambda e, n=1: None)
-        b = RedisCache(redis_client(redis_cache.url, timeout=1.0), lambda e, n=1: None)
+        a = RedisCache(redis_client(redis_cache.url, timeout=1.0), Metrics())
+        b = RedisCache(redis_client(redis_cache.url, timeout=1.0), Metrics())
         key = "race:photo:1"
         loading, written = asyncio.Event(), asyncio.Event()
 
@@ -315,14 +318,16 @@ def test_a_fill_that_raced_a_write_stores_nothing(redis_cache: RedisServer) -> N
             return "new"
 
         try:
-            filling = asyncio.create_task(Cache(a, ttl=60).get_or_load(key, load_old))
+            filling = asyncio.create_task(
+                Cache(a, ttl=60, metrics=Metrics()).get_or_load(key, load_old)
+            )
             await loading.wait()
             await b.delete_many([key])  # B's invalidation after its commit
             written.set()
             assert await filling == "old"  # A's request answers what it read...
             stored = await b.get_many([key])  # ...but the cache keeps nothing of it
-            after = await Cache(b, ttl=60).get_or_load(key, load_new)
-            again = await Cache(a, ttl=60).get_or_load(key, load_old)
+            after = await Cache(b, ttl=60, metrics=Metrics()).get_or_load(key, load_new)
+            again = await Cache(a, ttl=60, metrics=Metrics()).get_or_load(key, load_old)
             return {k: v.value for k, v in stored.items()}, after, again
         finally:
             await a.close()

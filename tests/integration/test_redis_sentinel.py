@@ -30,7 +30,7 @@ def test_logins_and_logouts_wait_for_the_replica(sentinels: SentinelGroup) -> No
     the store gives up waiting after half a second and says so."""
     from datetime import timedelta
 
-    from picscale.tiers.cache.redis import redis_client
+    from picscale.tiers.redis_client import redis_client
     from picscale.tiers.sessions.redis import RedisSessionStore
 
     async def scenario() -> list[int | None]:

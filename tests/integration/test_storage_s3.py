@@ -26,8 +26,9 @@ from test_api import new_user, upload, wait_ready
 from moto_server import ACCESS_KEY, REGION, SECRET_KEY, MotoServer, start_moto
 from picscale.settings import SettingsError, load_settings
 from picscale.tiers.storage import InvalidKey, MediaNotFound, create_media_store
+from picscale.tiers.storage.files import LocalMediaStore
 from picscale.tiers.storage.migrate import Progress, migrate_media
-from picscale.tiers.storage.port import CHUNK_SIZE, ChecksumMismatch, LocalMediaStore
+from picscale.tiers.storage.port import CHUNK_SIZE, ChecksumMismatch
 from picscale.tiers.storage.s3 import S3MediaStore
 from support import base_env, image_bytes, running_server, wait_until
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from picscale.ids import MAX_SEQUENCE, IdGenerator, compose, created_at_of, shard_of
 from picscale.imaging import Blur, Crop, InvalidEdit, Operation, Sharpen, validate_operations
 from picscale.settings import Settings, SettingsError, load_settings
-from picscale.tiers.cache.local import LruCache
+from picscale.tiers.cache.lru import LruCache
 from picscale.tiers.cache.port import Found
 
 

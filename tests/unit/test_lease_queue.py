@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, update
 
+from picscale.clock import utcnow
+from picscale.data.schema import jobs
+from picscale.observability.metrics import Metrics
 from picscale.settings import load_settings
 from picscale.tiers.db import Database, create_database
 from picscale.tiers.db.migrate import upgrade
-from picscale.tiers.db.schema import jobs, utcnow
 from picscale.tiers.epoch import EpochFile
 from picscale.tiers.queue import NewJob
 from picscale.tiers.queue.lease import LeaseQueue
@@ -23,7 +25,7 @@ from picscale.tiers.queue.lease import LeaseQueue
 async def db(tmp_path: Path) -> AsyncIterator[Database]:
     settings = load_settings({}, data_dir=tmp_path)
     await asyncio.to_thread(upgrade, settings)
-    database = create_database(settings)
+    database = create_database(settings, Metrics())
     yield database
     await database.dispose()
 

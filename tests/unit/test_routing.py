@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from picscale.tiers.db.database import _multi_host, async_url
+from picscale.tiers.db.engines import _multi_host, async_url
 from picscale.tiers.db.read_your_writes import (
     current_scope,
     format_lsn,
@@ -13,7 +13,7 @@ from picscale.tiers.db.read_your_writes import (
     request_scope,
 )
 from picscale.tiers.db.replicas import is_retryable_read_error
-from picscale.tiers.queue.port import traced
+from picscale.tiers.queue.tracing import traced
 
 
 def test_lsn_round_trip() -> None:

@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
-from sqlalchemy import delete, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
-
+from picscale.data.follows import FollowRepository
+from picscale.data.photos import PhotoRepository
+from picscale.data.users import UserRepository
+from picscale.domain.cache_keys import CACHED_PAGE_SIZES, feed_key, profile_key
 from picscale.domain.errors import Invalid, NotFound
-from picscale.domain.photos import CACHED_PAGE_SIZES, Photos, parse_cursor
+from picscale.domain.paging import parse_cursor
+from picscale.domain.photos import Photos
 from picscale.domain.records import IdPage, Page, UserRecord
 from picscale.tiers.cache import Cache
-from picscale.tiers.cache.port import feed_key, profile_key
-from picscale.tiers.db import Database, is_unique_violation
-from picscale.tiers.db.schema import follows, photos, users, utcnow
+from picscale.tiers.db import Database
 
 
 class Social:
     def __init__(self, db: Database, cache: Cache, photos: Photos, *, feed_ttl: float) -> None:
         self._db = db
+        self._users = UserRepository(db)
+        self._follows = FollowRepository(db)
+        self._photo_rows = PhotoRepository(db)
         self._cache = cache
         self._photos = photos
         self._feed_ttl = feed_ttl
@@ -32,69 +34,30 @@ class Social:
 
     async def _target(self, username: str) -> tuple[int, str]:
         name = username.strip().lower()
-        async with self._db.read() as conn:
-            row = (
-                await conn.execute(
-                    select(users.c.id, users.c.username).where(users.c.username == name)
-                )
-            ).first()
-        if row is None:
+        found = await self._users.named(name)
+        if found is None:
             raise NotFound(f"user {name!r} does not exist")
-        return row.id, row.username
+        return found
 
     async def follow(self, actor: UserRecord, username: str) -> None:
         target_id, target_name = await self._target(username)
         if target_id == actor.id:
             raise Invalid("you cannot follow yourself")
-        try:
-            async with self._db.write() as tx:
-                await tx.conn.execute(
-                    insert(follows).values(
-                        follower_id=actor.id, followee_id=target_id, created_at=utcnow()
-                    )
-                )
-                await self._count(tx.conn, actor.id, target_id, +1)
-                await self._cache.invalidate(tx, self._changed(actor, target_name))
-        except IntegrityError as exc:
-            if not is_unique_violation(exc):
-                raise
+        async with self._db.write() as tx:
             # already following: following again changes nothing
+            if await self._follows.add(tx, actor.id, target_id):
+                await self._users.count_follow(tx, actor.id, target_id, +1)
+                await self._cache.invalidate(tx, self._changed(actor, target_name))
 
     async def unfollow(self, actor: UserRecord, username: str) -> None:
         target_id, target_name = await self._target(username)
         async with self._db.write() as tx:
-            gone = await tx.conn.execute(
-                delete(follows).where(
-                    follows.c.follower_id == actor.id, follows.c.followee_id == target_id
-                )
-            )
-            if gone.rowcount:
-                await self._count(tx.conn, actor.id, target_id, -1)
+            if await self._follows.remove(tx, actor.id, target_id):
+                await self._users.count_follow(tx, actor.id, target_id, -1)
                 await self._cache.invalidate(tx, self._changed(actor, target_name))
 
-    @staticmethod
-    async def _count(conn: AsyncConnection, follower: int, followee: int, delta: int) -> None:
-        await conn.execute(
-            update(users)
-            .where(users.c.id == follower)
-            .values(following_count=users.c.following_count + delta)
-        )
-        await conn.execute(
-            update(users)
-            .where(users.c.id == followee)
-            .values(follower_count=users.c.follower_count + delta)
-        )
-
     async def is_following(self, actor: UserRecord, target_id: int) -> bool:
-        async with self._db.read() as conn:
-            row = (
-                await conn.execute(
-                    select(follows.c.follower_id).where(
-                        follows.c.follower_id == actor.id, follows.c.followee_id == target_id
-                    )
-                )
-            ).first()
-        return row is not None
+        return await self._follows.exists(actor.id, target_id)
 
     async def feed(self, viewer: UserRecord, cursor: str | None, limit: int) -> Page:
         """Pull model: the ids of the viewer's and followed users' photos, newest first,
@@ -121,14 +84,6 @@ class Social:
         return Page(items=items, next_cursor=ids.next_cursor)
 
     async def _feed_ids(self, viewer_id: int, before: int | None, limit: int) -> IdPage:
-        followed = select(follows.c.followee_id).where(follows.c.follower_id == viewer_id)
-        query = select(photos.c.id).where(
-            or_(photos.c.owner_id == viewer_id, photos.c.owner_id.in_(followed)),
-            photos.c.status == "ready",
-        )
-        if before is not None:
-            query = query.where(photos.c.id < before)
-        async with self._db.read() as conn:
-            rows = list(await conn.scalars(query.order_by(photos.c.id.desc()).limit(limit + 1)))
+        rows = await self._photo_rows.feed_ids(viewer_id, before, limit + 1)
         page = rows[:limit]
         return IdPage(ids=page, next_cursor=str(page[-1]) if len(rows) > limit and page else None)

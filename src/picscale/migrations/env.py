@@ -9,8 +9,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from picscale.tiers.db.database import async_url
-from picscale.tiers.db.schema import metadata
+from picscale.data.schema import metadata
+from picscale.tiers.db.engines import async_url
 
 config = context.config
 

@@ -12,11 +12,10 @@ import structlog
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.response import Template
-from redis.exceptions import RedisError
 
 from picscale.domain.errors import DomainError, TooManyRequests
 from picscale.tiers.db import DatabaseUnavailable
-from picscale.tiers.db.replicas import is_retryable_read_error
+from picscale.tiers.sessions import SessionStoreUnavailable
 
 log = structlog.get_logger(__name__)
 
@@ -84,12 +83,12 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
         status, detail = exc.status, exc.message
         if isinstance(exc, TooManyRequests):
             headers = {"Retry-After": str(exc.retry_after)}
-    elif isinstance(exc, RedisError):
+    elif isinstance(exc, SessionStoreUnavailable):
         log.warning("session_store_unavailable", error=repr(exc)[:300])
         status = 503
         detail = "the session store is unavailable for a moment: try again shortly"
         headers = {"Retry-After": "2"}
-    elif isinstance(exc, DatabaseUnavailable) or is_retryable_read_error(exc):
+    elif isinstance(exc, DatabaseUnavailable):
         log.warning("database_unavailable", error=repr(exc)[:300])
         status = 503
         detail = "the database is unavailable for a moment (a failover?): try again shortly"

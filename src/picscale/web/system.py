@@ -11,7 +11,7 @@ from litestar import Request, Response, Router, get
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 
 from picscale.domain.errors import NotFound
-from picscale.domain.photos import variant_key
+from picscale.domain.media import variant_key
 from picscale.imaging import ImageFormat
 from picscale.tiers.storage import MediaNotFound
 from picscale.web.auth import services_of

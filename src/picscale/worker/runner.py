@@ -15,27 +15,29 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import structlog
 
-from picscale.domain.photos import PURGE_JOB, RENDER_JOB
-from picscale.imaging import ImageRejected, Operation, Rendered, configure_vips, render
+from picscale.clock import utcnow
+from picscale.imaging import Operation, Rendered, configure_vips, render
+from picscale.jobs import handlers
+from picscale.jobs.handler import JobRefused
+from picscale.jobs.render_version import Renderer
 from picscale.observability.logging import configure_logging
 from picscale.observability.metrics import Metrics
 from picscale.services import Services, build_services
 from picscale.settings import Settings
+from picscale.tiers.db import WriteTx
 from picscale.tiers.db.read_your_writes import job_scope
-from picscale.tiers.db.schema import utcnow
 from picscale.tiers.queue import ClaimedJob
 from picscale.worker.metrics_server import serve_metrics
 
 log = structlog.get_logger("picscale.worker")
 
-Handler = Callable[[ClaimedJob], Awaitable[Any]]
 DEPTH_SAMPLE_SECONDS = 2.0
 SHUTDOWN_GRACE_SECONDS = 30.0
 
@@ -68,19 +70,36 @@ def _child_init(vips_threads: int) -> None:
     configure_vips(vips_threads)
 
 
+class Completion:
+    """How a job ends done: its result stored and the job marked done in one
+    transaction (the handler's, through ``storing``, or the worker's)."""
+
+    def __init__(self, services: Services, job: ClaimedJob) -> None:
+        self._services = services
+        self._job = job
+        self.done = False
+
+    @contextlib.asynccontextmanager
+    async def storing(self, result: dict[str, Any]) -> AsyncIterator[WriteTx]:
+        async with self._services.db.write() as tx:
+            yield tx
+            await self._services.queue.complete(tx, self._job, result)
+        self.done = True
+
+
 class Worker:
-    def __init__(self, services: Services, *, name: str | None = None) -> None:
+    def __init__(
+        self, services: Services, *, name: str | None = None, render: Renderer | None = None
+    ) -> None:
+        """``render``: how image pipelines run (default: in the worker's process pool)."""
         self.services = services
         self.settings = services.settings
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self._pool: ProcessPoolExecutor | None = None
-        self._handlers: dict[str, Handler] = {
-            RENDER_JOB: self._render_version,
-            PURGE_JOB: services.photos.run_purge,
-        }
+        self._handlers = handlers(services, render or self._render)
         self.running: set[int] = set()
 
-    # -- handlers --------------------------------------------------------------------
+    # -- the process pool ------------------------------------------------------------
 
     async def _render(
         self, source: bytes, operations: Sequence[Operation], max_pixels: int
@@ -110,9 +129,6 @@ class Worker:
             initializer=_child_init,
             initargs=(self.settings.worker.vips_threads,),
         )
-
-    async def _render_version(self, job: ClaimedJob) -> Any:
-        return await self.services.photos.render_version(job, self._render)
 
     # -- the loop --------------------------------------------------------------------
 
@@ -231,23 +247,25 @@ class Worker:
             if handler is None:
                 outcome = await queue.fail(job, f"no handler for kind {job.kind!r}", permanent=True)
             else:
+                limit = handler.time_limit or self.settings.worker.time_limit_seconds
                 try:
                     # the job reads at least what the request that queued it had seen
                     with job_scope(job.payload):
-                        result = await asyncio.wait_for(
-                            handler(job), timeout=self.settings.worker.time_limit_seconds
-                        )
+                        completion = Completion(self.services, job)
+                        result = await asyncio.wait_for(handler.run(job, completion), limit)
+                        if not completion.done:
+                            async with completion.storing(result):
+                                pass
                     log.info("job_done", result=result)
-                except ImageRejected as exc:
+                except JobRefused as exc:
                     outcome = await queue.fail(job, exc.message, permanent=True)
                 except TimeoutError:
-                    limit = self.settings.worker.time_limit_seconds
                     outcome = await queue.fail(job, f"the job took longer than {limit} s")
                 except Exception as exc:
                     log.exception("job_error")
                     outcome = await queue.fail(job, f"{type(exc).__name__}: {exc}")
-            if outcome == "dead":
-                await self._give_up(job)
+                if outcome == "dead":
+                    await handler.dead(job)
         finally:
             heartbeat.cancel()
             self.running.discard(job.id)
@@ -260,10 +278,6 @@ class Worker:
                 log.warning("job_not_done", outcome=label)
             structlog.contextvars.unbind_contextvars("request_id", "job_id", "job_kind")
         return label
-
-    async def _give_up(self, job: ClaimedJob) -> None:
-        if job.kind == RENDER_JOB:
-            await self.services.photos.mark_failed(job)
 
 
 async def run_worker(

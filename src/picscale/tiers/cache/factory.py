@@ -2,45 +2,45 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from urllib.parse import urlsplit
 
+from picscale.observability.metrics import Metrics
 from picscale.settings import Settings, SettingsError
-from picscale.tiers.cache.local import LocalCache, NoCache
-from picscale.tiers.cache.port import Cache, CacheBackend, Observer, _no_observer, _no_timer
+from picscale.tiers.cache.cache_aside import Cache
+from picscale.tiers.cache.port import CacheBackend
 from picscale.tiers.db import Database
-from picscale.tiers.epoch import EpochFile
+from picscale.tiers.redis_client import is_redis_url
 
 
-def create_cache(
-    settings: Settings,
-    db: Database,
-    observe: Observer = _no_observer,
-    observe_load: Callable[[float], None] = _no_timer,
-) -> Cache:
-    scheme = urlsplit(settings.cache.url).scheme
+def create_cache(settings: Settings, db: Database, metrics: Metrics) -> Cache:
+    url = settings.cache.url
     backend: CacheBackend
-    if scheme == "memory":
+    if urlsplit(url).scheme == "memory":
+        from picscale.tiers.cache.memory import MemoryCache
+        from picscale.tiers.epoch import EpochFile
+
         # the epoch file is a fast path for processes on one host, which SQLite implies
         epoch = EpochFile(settings.data_dir / "cache-epoch") if db.dialect == "sqlite" else None
-        backend = LocalCache(db, settings.cache.max_entries, epoch)
-    elif scheme in ("redis", "rediss", "redis+sentinel"):
-        from picscale.tiers.cache.redis import NearCache, RedisCache, redis_client
+        backend = MemoryCache(db, settings.cache.max_entries, epoch)
+    elif is_redis_url(url):
+        from picscale.tiers.cache.redis import NearCache, RedisCache
+        from picscale.tiers.redis_client import redis_client
 
-        client = redis_client(settings.cache.url, timeout=settings.cache.timeout_seconds)
         near = NearCache(
             settings.cache.near_ttl_seconds,
             settings.cache.hot_reads_per_second,
             settings.cache.near_max_entries,
         )
-        backend = RedisCache(client, observe, near)
-    elif scheme == "none":
+        backend = RedisCache(
+            redis_client(url, timeout=settings.cache.timeout_seconds), metrics, near
+        )
+    elif urlsplit(url).scheme == "none":
+        from picscale.tiers.cache.none import NoCache
+
         backend = NoCache()
     else:
         raise SettingsError(
-            f"PICSCALE_CACHE_URL scheme {scheme!r} is not supported: "
-            "use memory://, redis://host:port/db or none://"
+            f"PICSCALE_CACHE_URL scheme {urlsplit(url).scheme!r} is not supported: "
+            "use memory://, redis://host:port/db, redis+sentinel://… or none://"
         )
-    return Cache(
-        backend, ttl=settings.cache.ttl_seconds, observe=observe, observe_load=observe_load
-    )
+    return Cache(backend, ttl=settings.cache.ttl_seconds, metrics=metrics)

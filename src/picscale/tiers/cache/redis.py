@@ -22,22 +22,19 @@ import secrets
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
-from urllib.parse import urlsplit
 
 import structlog
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from picscale.settings import SettingsError
-from picscale.tiers.cache.local import LruCache
-from picscale.tiers.cache.port import Found, Observer
+from picscale.observability.metrics import Metrics
+from picscale.tiers.cache.lru import LruCache
+from picscale.tiers.cache.port import Found
 from picscale.tiers.db import WriteTx
 from picscale.tiers.db.read_your_writes import current_scope
 
 log = structlog.get_logger(__name__)
 
-POOL_SIZE = 16
 BREAKER_FAILURES = 3
 BREAKER_OPEN_SECONDS = 1.0
 KEY_PREFIX = "picscale:"
@@ -113,9 +110,9 @@ class NearCache:
 
 
 class RedisCache:
-    def __init__(self, client: Redis, observe: Observer, near: NearCache | None = None) -> None:
+    def __init__(self, client: Redis, metrics: Metrics, near: NearCache | None = None) -> None:
         self._redis = client
-        self._observe = observe
+        self._observe = metrics.cache_event
         self._near = near if near is not None else NearCache(0, 1, 0)
         self._listener: asyncio.Task[None] | None = None
         self._leases: dict[str, str] = {}  # key -> token of the fill lock we hold
@@ -327,46 +324,3 @@ class RedisCache:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self._redis.aclose()
-
-
-def _sentinel_client(url: str, timeout: float) -> Redis:
-    """``redis+sentinel://h1:p1,h2:p2/master-name/db``: the master the Sentinels name,
-    found again after a failover."""
-    parts = urlsplit(url)
-    hosts = []
-    for item in parts.netloc.rsplit("@", 1)[-1].split(","):
-        host, _, port = item.strip().rpartition(":")
-        hosts.append((host or "127.0.0.1", int(port or 26379)))
-    path = [p for p in parts.path.split("/") if p]
-    if not path:
-        raise SettingsError(
-            f"{url!r}: name the master, as in redis+sentinel://host:26379,host:26380/mymaster/0"
-        )
-    db = int(path[1]) if len(path) > 1 else 0
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
-        hosts,
-        socket_timeout=timeout,
-        sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout},
-    )
-    client: Redis = sentinel.master_for(
-        path[0], db=db, socket_timeout=timeout, socket_connect_timeout=timeout
-    )
-    return client
-
-
-def redis_client(url: str, *, timeout: float) -> Redis:
-    """A client that gives up fast: a dead cache must not hold a request."""
-    if url.startswith("redis+sentinel://"):
-        return _sentinel_client(url, timeout)
-    # a bounded pool: a burst of requests shares a few connections instead of opening
-    # hundreds at once (each would pay a connect inside the timeout)
-    pool = BlockingConnectionPool.from_url(
-        url,
-        max_connections=POOL_SIZE,
-        timeout=timeout,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        health_check_interval=10,
-        retry_on_timeout=False,
-    )
-    return Redis(connection_pool=pool)

@@ -5,14 +5,8 @@ primary, in one transaction, and runs its after-commit actions only once it comm
 What each request or job must read is decided in ``read_your_writes``.
 """
 
-from picscale.tiers.db.database import (
-    Database,
-    DatabaseUnavailable,
-    ReadConnection,
-    WriteTx,
-    create_database,
-    is_unique_violation,
-)
+from picscale.tiers.db.database import Database, DatabaseUnavailable, ReadConnection, WriteTx
+from picscale.tiers.db.factory import create_database
 
 __all__ = [
     "Database",
@@ -20,5 +14,4 @@ __all__ = [
     "ReadConnection",
     "WriteTx",
     "create_database",
-    "is_unique_violation",
 ]

@@ -1,22 +1,23 @@
-"""The database port and its engines (SQLite in WAL mode embedded, PostgreSQL scaled out)."""
+"""The database: reads that a replica may serve, and write transactions on the primary.
+
+One ``Database`` is one cluster (a primary and its replicas). Driver errors that mean
+"the database is out of reach for now" leave this module as DatabaseUnavailable.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
-from sqlalchemy import event, text
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from picscale.settings import Settings, SettingsError
 from picscale.tiers.db.read_your_writes import current_scope, mark_stale_read, wants_fresh
 from picscale.tiers.db.replicas import (
     PRIMARY_POSITION,
@@ -24,7 +25,6 @@ from picscale.tiers.db.replicas import (
     Replica,
     ReplicaSet,
     is_retryable_read_error,
-    node_name,
 )
 
 log = structlog.get_logger(__name__)
@@ -32,12 +32,9 @@ log = structlog.get_logger(__name__)
 AfterCommit = Callable[[], Awaitable[None]]
 
 
-class DatabaseObserver(Protocol):
-    def count_query(self, intent: str, role: str, host: str) -> None: ...
-
-    def replica_event(self, event: str, host: str) -> None: ...
-
-    def replica_lag(self, host: str, seconds: float, lag_bytes: float) -> None: ...
+class DatabaseUnavailable(Exception):
+    """The database cannot be reached for now (a failover, say): the client should try
+    again shortly."""
 
 
 class WriteTx:
@@ -98,8 +95,10 @@ class ReadConnection:
                 return await getattr(conn, method)(*args, **kwargs)
             except Exception as exc:
                 replicas = self._db.replicas
-                if replicas is None or not is_retryable_read_error(exc):
+                if not is_retryable_read_error(exc):
                     raise
+                if replicas is None:
+                    raise DatabaseUnavailable("the database cannot be reached") from exc
                 if self._conn is not None:
                     with contextlib.suppress(Exception):
                         await self._conn.invalidate()
@@ -108,13 +107,13 @@ class ReadConnection:
                     if not isinstance(exc, PrimaryUnreachable):
                         replicas.breaker.failed()
                     if not self._fall_back:
-                        raise
+                        raise DatabaseUnavailable("the database primary is out of reach") from exc
                     self.replica = await replicas.choose(None, exclude=self._tried)
                     if self.replica is None:
                         if isinstance(exc, PrimaryUnreachable):  # no replica either: the
                             self._skip = False  # primary may be back (promoted) already
                             continue
-                        raise
+                        raise DatabaseUnavailable("no database node answers") from exc
                     if not isinstance(exc, PrimaryUnreachable):  # (the breaker said it once)
                         log.warning(
                             "primary_read_on_replica",
@@ -140,10 +139,6 @@ class ReadConnection:
 
     async def scalars(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
         return await self._run("scalars", statement, *args, **kwargs)
-
-
-class DatabaseUnavailable(Exception):
-    """The primary cannot be reached (a failover, say): the client should try again."""
 
 
 READ_ONLY_SQLSTATE = "25006"  # read_only_sql_transaction: we are talking to a replica
@@ -291,181 +286,3 @@ class Database:
         await self._primary.dispose()
         if self._reader is not self._primary:
             await self._reader.dispose()
-
-
-def is_unique_violation(exc: BaseException) -> bool:
-    if not isinstance(exc, IntegrityError):
-        return False
-    message = str(exc.orig).lower()
-    return "unique" in message or "duplicate key" in message
-
-
-_MULTI_HOST = re.compile(r"^(?P<head>[\w+]+://(?:[^@/]*@)?)(?P<hosts>[^/?]*,[^/?]*)(?P<tail>/.*)?$")
-
-
-def _multi_host(url: str) -> str:
-    """``postgresql://u@h1:5432,h2:5432/db?…`` (libpq's form) as SQLAlchemy wants it:
-    ``postgresql://u@/db?host=h1:5432&host=h2:5432&…``."""
-    match = _MULTI_HOST.match(url)
-    if match is None:
-        return url
-    tail = match["tail"] or "/"
-    path, _, query = tail.partition("?")
-    hosts = "&".join(f"host={h.strip()}" for h in match["hosts"].split(",") if h.strip())
-    return f"{match['head']}{path}?{hosts}" + (f"&{query}" if query else "")
-
-
-def async_url(url: str) -> str:
-    """Map the user-facing scheme to the async driver SQLAlchemy should use."""
-    parsed = make_url(_multi_host(url))
-    driver = {
-        "sqlite": "sqlite+aiosqlite",
-        "sqlite+aiosqlite": "sqlite+aiosqlite",
-        "postgresql": "postgresql+asyncpg",
-        "postgres": "postgresql+asyncpg",
-        "postgresql+asyncpg": "postgresql+asyncpg",
-    }.get(parsed.drivername)
-    if driver is None:
-        raise SettingsError(
-            f"PICSCALE_DATABASE_URL scheme {parsed.drivername!r} is not supported: "
-            "use sqlite:///path/to/file.db or postgresql://user@host/db"
-        )
-    return parsed.set(drivername=driver).render_as_string(hide_password=False)
-
-
-def _sqlite_engine(url: str, settings: Settings, *, immediate: bool) -> AsyncEngine:
-    engine = create_async_engine(
-        url,
-        pool_size=settings.database.pool_size,
-        max_overflow=0,
-        pool_timeout=settings.database.pool_timeout_seconds,
-    )
-    busy_ms = int(settings.database.statement_timeout_seconds * 1000)
-
-    @event.listens_for(engine.sync_engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        # take over transaction control so that writers can BEGIN IMMEDIATE: a deferred
-        # transaction that later writes can fail with SQLITE_BUSY instead of waiting
-        dbapi_conn.isolation_level = None
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=NORMAL")
-        cur.execute(f"PRAGMA busy_timeout={busy_ms}")
-        cur.execute("PRAGMA foreign_keys=ON")
-        cur.close()
-
-    begin = "BEGIN IMMEDIATE" if immediate else "BEGIN"
-
-    @event.listens_for(engine.sync_engine, "begin")
-    def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql(begin)
-
-    return engine
-
-
-def _postgres_engine(url: str | URL, settings: Settings) -> AsyncEngine:
-    timeout_ms = int(settings.database.statement_timeout_seconds * 1000)
-    return create_async_engine(
-        url,
-        pool_size=settings.database.pool_size,
-        max_overflow=settings.database.pool_size,
-        pool_timeout=settings.database.pool_timeout_seconds,
-        pool_pre_ping=True,
-        connect_args={
-            "timeout": settings.database.pool_timeout_seconds,
-            "server_settings": {"statement_timeout": str(timeout_ms)},
-        },
-    )
-
-
-def create_engines(settings: Settings) -> tuple[AsyncEngine, AsyncEngine, str]:
-    url = async_url(settings.resolved_database_url)
-    if url.startswith("sqlite"):
-        path = make_url(url).database
-        if path and path != ":memory:":
-            from pathlib import Path
-
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return (
-            _sqlite_engine(url, settings, immediate=True),
-            _sqlite_engine(url, settings, immediate=False),
-            "sqlite",
-        )
-    engine = _postgres_engine(url, settings)
-    return engine, engine, "postgresql"
-
-
-def _observed(
-    engine: AsyncEngine, role: str, dialect: str, observe: DatabaseObserver | None
-) -> AsyncEngine:
-    """Count the engine's statements by intent, role and host."""
-    if observe is None:
-        return engine
-    host = node_name(engine) if dialect == "postgresql" else "sqlite"
-
-    def _count(conn: Any, *_args: Any, **_kw: Any) -> None:
-        info = conn.info
-        observe.count_query(info.get("intent", "other"), info.get("role", role), host)
-
-    event.listen(engine.sync_engine, "before_cursor_execute", _count)
-    return engine
-
-
-def create_database(settings: Settings, observe: DatabaseObserver | None = None) -> Database:
-    primary, reader, dialect = create_engines(settings)
-    replicas = None
-    if settings.database.patroni_url:
-        if dialect != "postgresql":
-            raise SettingsError(
-                "PICSCALE_DATABASE_PATRONI_URL needs PICSCALE_DATABASE_URL=postgresql://..."
-            )
-        from picscale.tiers.db.patroni import PatroniDiscovery
-
-        template = make_url(async_url(settings.resolved_database_url))
-        template = template.set(
-            query={
-                k: v for k, v in template.query.items() if k not in ("host", "target_session_attrs")
-            }
-        )
-        replicas = ReplicaSet(
-            [],
-            primary,
-            max_lag_seconds=settings.database.replica_max_lag_seconds,
-            max_lag_bytes=settings.database.replica_max_lag_bytes,
-            observe=observe.replica_event if observe else None,
-            observe_lag=observe.replica_lag if observe else None,
-        )
-        discovery = PatroniDiscovery(
-            [u.strip() for u in settings.database.patroni_url.split(",") if u.strip()],
-            replicas,
-            template,
-            lambda url: _observed(_postgres_engine(url, settings), "replica", dialect, observe),
-        )
-        replicas.refresh = discovery.refresh_if_due
-    elif settings.database.replica_urls:
-        if dialect != "postgresql":
-            raise SettingsError(
-                "PICSCALE_DATABASE_REPLICA_URLS needs PICSCALE_DATABASE_URL=postgresql://..."
-            )
-        replicas = ReplicaSet(
-            [
-                Replica(node_name(engine), engine)
-                for engine in (
-                    _postgres_engine(async_url(url.strip()), settings)
-                    for url in settings.database.replica_urls.split(",")
-                    if url.strip()
-                )
-            ],
-            primary,
-            max_lag_seconds=settings.database.replica_max_lag_seconds,
-            max_lag_bytes=settings.database.replica_max_lag_bytes,
-            observe=observe.replica_event if observe else None,
-            observe_lag=observe.replica_lag if observe else None,
-        )
-    for engine in {primary, reader}:
-        _observed(engine, "primary", dialect, observe)
-    for replica in replicas.replicas if replicas else []:
-        _observed(replica.engine, "replica", dialect, observe)
-    return Database(
-        primary, reader, dialect, replicas, failover_wait=settings.database.failover_wait_seconds
-    )

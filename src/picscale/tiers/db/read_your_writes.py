@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from picscale.observability.metrics import Metrics
     from picscale.tiers.db.database import Database
 
 WAL_KEY = "wal"  # in a session's data and in a job's payload
@@ -131,12 +132,12 @@ class Sticking:
         save: Callable[[Any], Awaitable[None]],
         *,
         seconds: int,
-        observe: Callable[[str, str], None],
+        metrics: Metrics,
     ) -> None:
         self._db = db
         self._save = save  # stores a session's data
         self._seconds = seconds
-        self._observe = observe
+        self._metrics = metrics
 
     async def bind(self, session: SessionLike, *, new: bool = False) -> None:
         scope = current_scope()
@@ -156,7 +157,7 @@ class Sticking:
         # stickiness ends once every replica has caught up
         if position is not None and not await replicas.all_caught_up(position):
             scope.require(position)
-            self._observe("sticky", "")
+            self._metrics.replica_event("sticky", "")
 
 
 def _remembered(wal: object) -> int | None:

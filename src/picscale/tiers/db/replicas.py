@@ -33,6 +33,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from picscale.observability.metrics import Metrics
+
 log = structlog.get_logger(__name__)
 
 CHECK_TIMEOUT_SECONDS = 0.1
@@ -138,8 +140,7 @@ class ReplicaSet:
         *,
         max_lag_seconds: float,
         max_lag_bytes: int,
-        observe: Callable[[str, str], None] | None = None,
-        observe_lag: Callable[[str, float, float], None] | None = None,
+        metrics: Metrics,
     ) -> None:
         self.replicas = replicas
         self._primary = primary
@@ -148,8 +149,8 @@ class ReplicaSet:
         self._primary_position = 0
         self._primary_checked_at = -1.0
         self._primary_lock = asyncio.Lock()
-        self._observe = observe or (lambda _event, _name: None)
-        self._observe_lag = observe_lag or (lambda _name, _s, _b: None)
+        self._observe = metrics.replica_event
+        self._observe_lag = metrics.replica_lag
         # set when replicas are discovered (Patroni): called before each routing decision
         self.refresh: Callable[[], Awaitable[None]] | None = None
         self.breaker = PrimaryBreaker(primary, self._observe)

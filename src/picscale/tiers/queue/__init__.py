@@ -1,5 +1,6 @@
 """The job queue: the lease table embedded, a broker when scaled out."""
 
-from picscale.tiers.queue.port import ClaimedJob, JobQueue, NewJob, create_job_queue
+from picscale.tiers.queue.factory import create_job_queue
+from picscale.tiers.queue.port import ClaimedJob, DeadJob, JobQueue, JobState, NewJob
 
-__all__ = ["ClaimedJob", "JobQueue", "NewJob", "create_job_queue"]
+__all__ = ["ClaimedJob", "DeadJob", "JobQueue", "JobState", "NewJob", "create_job_queue"]

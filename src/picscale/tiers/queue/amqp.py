@@ -32,21 +32,12 @@ from aio_pika.abc import (
     AbstractQueue,
     AbstractRobustConnection,
 )
-from sqlalchemy import and_, select, update
 
+from picscale.clock import utcnow
+from picscale.data.jobs import JobRepository
 from picscale.tiers.db import Database, WriteTx
-from picscale.tiers.db.schema import jobs, utcnow
-from picscale.tiers.queue.dead import count_dead, delete_dead, list_dead, requeue_dead
-from picscale.tiers.queue.port import (
-    CLAIMED_COLUMNS,
-    ClaimedJob,
-    DeadJob,
-    NewJob,
-    claim_counts,
-    claimed,
-    insert_job,
-    traced,
-)
+from picscale.tiers.queue.port import ClaimedJob, DeadJob, JobState, NewJob
+from picscale.tiers.queue.tracing import traced
 
 log = structlog.get_logger(__name__)
 
@@ -189,6 +180,7 @@ class AmqpQueue:
         self, db: Database, url: str, *, max_attempts: int, max_crashes: int, prefetch: int
     ) -> None:
         self._db = db
+        self._jobs = JobRepository(db)
         self._max_attempts = max_attempts
         self._max_crashes = max_crashes
         self._prefetch = max(1, prefetch)
@@ -209,7 +201,7 @@ class AmqpQueue:
     async def enqueue(self, tx: WriteTx, job: NewJob) -> None:
         payload = traced(job.payload)
         # the outbox: published after the commit
-        await insert_job(tx, job, payload, max_attempts=self._max_attempts, published=False)
+        await self._jobs.insert(tx, job, payload, max_attempts=self._max_attempts, published=False)
         body = encode(job.id, job.kind, payload, job.photo_id, job.owner_id)
 
         async def publish() -> None:
@@ -229,35 +221,19 @@ class AmqpQueue:
         await self.broker.publish(
             body, routing_key=JOBS, message_id=str(job_id), headers={"x-attempt": 0}
         )
-        async with self._db.write() as tx:
-            await tx.conn.execute(
-                update(jobs)
-                .where(jobs.c.id == job_id, jobs.c.published_at.is_(None))
-                .values(published_at=utcnow())
-            )
+        await self._jobs.mark_published(job_id)
 
     async def relay(self, min_age: float = RELAY_AFTER_SECONDS) -> int:
         """Publish jobs whose rows committed but whose publish did not happen."""
-        cutoff = utcnow() - timedelta(seconds=min_age)
-        query = (
-            select(jobs.c.id, jobs.c.kind, jobs.c.payload, jobs.c.photo_id, jobs.c.owner_id)
-            .where(jobs.c.published_at.is_(None), jobs.c.created_at < cutoff)
-            .order_by(jobs.c.created_at)
-            .limit(RELAY_BATCH)
-        )
-        if self._db.dialect == "postgresql":
-            query = query.with_for_update(skip_locked=True)
         published = 0
         async with self._db.write() as tx:
-            rows = (await tx.conn.execute(query)).all()
+            rows = await self._jobs.unpublished(tx, timedelta(seconds=min_age), RELAY_BATCH)
             for row in rows:
                 body = encode(row.id, row.kind, dict(row.payload), row.photo_id, row.owner_id)
                 await self.broker.publish(
                     body, routing_key=JOBS, message_id=str(row.id), headers={"x-attempt": 0}
                 )
-                await tx.conn.execute(
-                    update(jobs).where(jobs.c.id == row.id).values(published_at=utcnow())
-                )
+                await self._jobs.published_in(tx, row.id)
                 published += 1
         if published:
             log.info("jobs_relayed", count=published)
@@ -307,29 +283,15 @@ class AmqpQueue:
             log.error("job_message_unreadable", message_id=message.message_id)
             await message.reject(requeue=False)  # to the dead-letter queue
             return None
-        now = utcnow()
-        async with self._db.write() as tx:
-            row = (
-                await tx.conn.execute(
-                    update(jobs)
-                    .where(jobs.c.id == job_id, jobs.c.status.in_(("queued", "failed", "running")))
-                    .values(
-                        status="running",
-                        **claim_counts(),
-                        lease_owner=owner,
-                        updated_at=now,
-                    )
-                    .returning(*CLAIMED_COLUMNS)
-                )
-            ).first()
-        if row is None:  # done or dead already (a duplicate delivery), or never committed
+        job = await self._jobs.claim_delivered(job_id, owner)
+        if job is None:  # done or dead already (a duplicate delivery), or never committed
             log.info("job_duplicate_skipped", job_id=str(job_id))
             await message.ack()
             return None
-        job = claimed(row, owner, message=message)
-        if row.crashes > self._max_crashes:
+        job.extra["message"] = message
+        if job.crashes > self._max_crashes:
             # redelivered after too many crashes: it never got to fail properly
-            error = f"its worker died {row.crashes - 1} times running it"
+            error = f"its worker died {job.crashes - 1} times running it"
             await self.fail(job, error, permanent=True)
             return None
         return job
@@ -338,11 +300,7 @@ class AmqpQueue:
         return True  # the broker holds an unacked message for as long as our channel lives
 
     async def complete(self, tx: WriteTx, job: ClaimedJob, result: dict[str, Any]) -> None:
-        await tx.conn.execute(
-            update(jobs)
-            .where(jobs.c.id == job.id)
-            .values(status="done", result=result, lease_owner=None, updated_at=utcnow())
-        )
+        await self._jobs.complete(tx, job.id, result)
         message: AbstractIncomingMessage = job.extra["message"]
 
         async def ack() -> None:
@@ -354,22 +312,11 @@ class AmqpQueue:
     async def fail(self, job: ClaimedJob, error: str, *, permanent: bool = False) -> str:
         give_up = permanent or job.attempts >= job.max_attempts
         status = "dead" if give_up else "failed"
-        now = utcnow()
         message: AbstractIncomingMessage = job.extra["message"]
         body = encode(job.id, job.kind, job.payload, job.photo_id, job.owner_id)
         headers = {"x-attempt": job.attempts, "x-last-error": error[:1000]}
-        async with self._db.write() as tx:
-            await tx.conn.execute(
-                update(jobs)
-                .where(and_(jobs.c.id == job.id, jobs.c.status == "running"))
-                .values(
-                    status=status,
-                    last_error=error[:4000],
-                    lease_owner=None,
-                    updated_at=now,
-                    available_at=now + timedelta(seconds=retry_delay(job.attempts)),
-                )
-            )
+        retry_at = utcnow() + timedelta(seconds=retry_delay(job.attempts))
+        await self._jobs.fail(job, error, dead=give_up, retry_at=retry_at, owned=False)
         if give_up:
             await self.broker.publish(
                 body, routing_key=DEAD, message_id=str(job.id), headers=headers
@@ -383,15 +330,21 @@ class AmqpQueue:
         return status
 
     async def dead(self, limit: int = 100) -> list[DeadJob]:
-        return await list_dead(self._db, limit)
+        return await self._jobs.dead(limit)
 
     async def dead_count(self) -> int:
-        return await count_dead(self._db)
+        return await self._jobs.dead_count()
+
+    async def status(self, job_id: int) -> JobState | None:
+        return await self._jobs.state(job_id)
+
+    async def unfinished(self, photo_id: int, kind: str) -> int | None:
+        return await self._jobs.unfinished(photo_id, kind)
 
     async def retry_dead(self, job_id: int | None = None) -> int:
         """The rows go back to the outbox (the relay publishes them); their messages
         leave the dead-letter queue."""
-        ids = await requeue_dead(self._db, job_id, published_at=None)
+        ids = await self._jobs.requeue_dead(job_id, unpublished=True)
         await self.relay(min_age=0.0)
         channel = await self.broker.publisher()
         dead = await channel.declare_queue(DEAD, passive=True)
@@ -413,7 +366,7 @@ class AmqpQueue:
         return len(ids)
 
     async def purge_dead(self) -> int:
-        count = await delete_dead(self._db)
+        count = await self._jobs.delete_dead()
         channel = await self.broker.publisher()
         dead = await channel.declare_queue(DEAD, passive=True)
         await dead.purge()

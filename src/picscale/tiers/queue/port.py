@@ -1,23 +1,16 @@
-"""The job queue port.
+"""The job queue port, and the values it hands out.
 
-Jobs are delivered at least once: a handler must be idempotent by job id, and store its
-result in the same transaction that marks the job done (``complete``).
+Jobs are delivered at least once: a handler must be idempotent by job id, and the
+worker marks a job done (``complete``) in the transaction that stores its result.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
-from urllib.parse import urlsplit
+from typing import Any, Literal, Protocol
 
-import structlog
-from sqlalchemy import case, insert
-
-from picscale.settings import Settings, SettingsError
-from picscale.tiers.db import Database, WriteTx
-from picscale.tiers.db.read_your_writes import stamp_job
-from picscale.tiers.db.schema import jobs, utcnow
+from picscale.tiers.db import WriteTx
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,81 +47,20 @@ class ClaimedJob:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-# what a claim reads back of the job it takes (``claimed``), on every backend
-CLAIMED_COLUMNS = (
-    jobs.c.id,
-    jobs.c.kind,
-    jobs.c.payload,
-    jobs.c.photo_id,
-    jobs.c.owner_id,
-    jobs.c.attempts,
-    jobs.c.max_attempts,
-    jobs.c.crashes,
-    jobs.c.available_at,
-)
+@dataclass(frozen=True, slots=True)
+class JobState:
+    """A job as its owner may see it: a failed attempt waiting for a retry is ``queued``,
+    a dead one ``failed``."""
 
-
-def claim_counts() -> dict[str, Any]:
-    """The ``attempts`` and ``crashes`` of a job as a claim updates them: a job taken while
-    its row still says ``running`` lost its last worker (a lease ran out, a message came
-    back), which counts as a crash; any other claim is a new attempt. (Both expressions
-    read the row as it was before the update.)"""
-    crashed = jobs.c.status == "running"
-    return {
-        "attempts": case((crashed, jobs.c.attempts), else_=jobs.c.attempts + 1),
-        "crashes": case((crashed, jobs.c.crashes + 1), else_=jobs.c.crashes),
-    }
-
-
-def claimed(row: Any, owner: str, **extra: Any) -> ClaimedJob:
-    """The job a claim took, from a row of ``CLAIMED_COLUMNS``."""
-    return ClaimedJob(
-        id=row.id,
-        kind=row.kind,
-        payload=dict(row.payload),
-        photo_id=row.photo_id,
-        owner_id=row.owner_id,
-        attempts=row.attempts,
-        max_attempts=row.max_attempts,
-        lease_owner=owner,
-        crashes=row.crashes,
-        queued_at=row.available_at,
-        extra=extra,
-    )
-
-
-async def insert_job(
-    tx: WriteTx, job: NewJob, payload: dict[str, Any], *, max_attempts: int, published: bool
-) -> None:
-    """The ``jobs`` row of a newly queued job, in the transaction that needs it;
-    ``published`` False leaves it in the outbox for a broker backend."""
-    now = utcnow()
-    await tx.conn.execute(
-        insert(jobs).values(
-            id=job.id,
-            kind=job.kind,
-            payload=payload,
-            photo_id=job.photo_id,
-            owner_id=job.owner_id,
-            status="queued",
-            attempts=0,
-            max_attempts=job.max_attempts or max_attempts,
-            available_at=now,
-            created_at=now,
-            updated_at=now,
-            published_at=now if published else None,
-        )
-    )
-
-
-def traced(payload: dict[str, Any]) -> dict[str, Any]:
-    """The payload with the current request's id (the job's log lines carry it too) and
-    WAL position (the job reads what the request saw, whichever replica serves it)."""
-    out = stamp_job(payload)
-    request_id = structlog.contextvars.get_contextvars().get("request_id")
-    if request_id:
-        out["request_id"] = request_id
-    return out
+    id: int
+    kind: str
+    status: Literal["queued", "running", "done", "failed"]
+    photo_id: int | None
+    owner_id: int | None
+    payload: dict[str, Any]
+    result: dict[str, Any] | None
+    error: str | None
+    attempts: int
 
 
 class JobQueue(Protocol):
@@ -145,7 +77,7 @@ class JobQueue(Protocol):
         ...
 
     async def complete(self, tx: WriteTx, job: ClaimedJob, result: dict[str, Any]) -> None:
-        """Mark done inside the transaction that stores the job's result."""
+        """Mark done inside the transaction that stores the job's result (the worker's)."""
         ...
 
     async def fail(self, job: ClaimedJob, error: str, *, permanent: bool = False) -> str:
@@ -154,6 +86,14 @@ class JobQueue(Protocol):
 
     async def depth(self) -> int:
         """Jobs waiting to run."""
+        ...
+
+    async def status(self, job_id: int) -> JobState | None:
+        """Where job ``job_id`` is (None if there is no such job)."""
+        ...
+
+    async def unfinished(self, photo_id: int, kind: str) -> int | None:
+        """The oldest job of ``kind`` for ``photo_id`` still to run or running, if any."""
         ...
 
     async def wait_for_work(self, seconds: float) -> None:
@@ -183,33 +123,3 @@ class JobQueue(Protocol):
         ...
 
     async def close(self) -> None: ...
-
-
-def create_job_queue(settings: Settings, db: Database) -> JobQueue:
-    scheme = urlsplit(settings.queue.url).scheme
-    if scheme == "lease":
-        from picscale.tiers.epoch import EpochFile
-        from picscale.tiers.queue.lease import LeaseQueue
-
-        return LeaseQueue(
-            db,
-            lease_seconds=settings.queue.lease_seconds,
-            max_attempts=settings.queue.max_attempts,
-            max_crashes=settings.queue.max_crashes,
-            # processes sharing a SQLite file share a host: a queued job wakes workers
-            wakeup=EpochFile(settings.data_dir / "queue-epoch") if db.dialect == "sqlite" else None,
-        )
-    if scheme in ("amqp", "amqps"):
-        from picscale.tiers.queue.amqp import AmqpQueue
-
-        return AmqpQueue(
-            db,
-            settings.queue.url,
-            max_attempts=settings.queue.max_attempts,
-            max_crashes=settings.queue.max_crashes,
-            prefetch=settings.worker.concurrency,
-        )
-    raise SettingsError(
-        f"PICSCALE_QUEUE_URL scheme {scheme!r} is not supported: "
-        "use lease:// or amqp://user:password@host:5672/vhost"
-    )

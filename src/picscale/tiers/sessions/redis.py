@@ -23,10 +23,10 @@ from typing import Any, TypeVar
 import msgspec
 import structlog
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError, ReadOnlyError, TimeoutError
+from redis.exceptions import ConnectionError, ReadOnlyError, RedisError, TimeoutError
 
-from picscale.tiers.db.schema import utcnow
-from picscale.tiers.sessions.port import Session, token_digest
+from picscale.clock import utcnow
+from picscale.tiers.sessions.port import Session, SessionStoreUnavailable, token_digest
 
 log = structlog.get_logger(__name__)
 
@@ -59,17 +59,20 @@ FAILOVER_WAIT_SECONDS = 10.0
 
 
 async def _patiently(operation: Callable[[], Awaitable[T]]) -> T:
-    """Retry through a Redis failover (Sentinel promotes a replica within seconds)."""
+    """Retry through a Redis failover (Sentinel promotes a replica within seconds); a
+    store still out of reach, or failing otherwise, is SessionStoreUnavailable."""
     deadline = time.monotonic() + FAILOVER_WAIT_SECONDS
     delay = 0.05
     while True:
         try:
             return await operation()
-        except (ConnectionError, TimeoutError, OSError, ReadOnlyError):
+        except (ConnectionError, TimeoutError, OSError, ReadOnlyError) as exc:
             if time.monotonic() + delay > deadline:
-                raise
+                raise SessionStoreUnavailable(f"Redis: {exc!r}"[:300]) from exc
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
+        except RedisError as exc:
+            raise SessionStoreUnavailable(f"Redis: {exc!r}"[:300]) from exc
 
 
 class RedisSessionStore:
@@ -145,8 +148,12 @@ class RedisSessionStore:
 
     async def delete_for_user(self, user_id: int) -> None:
         key = USER_PREFIX + str(user_id)
-        digests = await self._redis.smembers(key)
-        if digests:
-            names = (d.decode() if isinstance(d, bytes) else str(d) for d in digests)
-            await self._redis.delete(*(PREFIX + name for name in names))
-        await self._redis.delete(key)
+
+        async def delete() -> None:
+            digests = await self._redis.smembers(key)
+            if digests:
+                names = (d.decode() if isinstance(d, bytes) else str(d) for d in digests)
+                await self._redis.delete(*(PREFIX + name for name in names))
+            await self._redis.delete(key)
+
+        await _patiently(delete)

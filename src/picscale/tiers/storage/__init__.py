@@ -1,5 +1,6 @@
 """Media storage: a local directory embedded, an object store when scaled out."""
 
+from picscale.tiers.storage.factory import create_media_store, open_media_store
 from picscale.tiers.storage.port import (
     ChecksumMismatch,
     InvalidKey,
@@ -8,8 +9,6 @@ from picscale.tiers.storage.port import (
     MediaStore,
     MediaStream,
     check_key,
-    create_media_store,
-    open_media_store,
 )
 
 __all__ = [

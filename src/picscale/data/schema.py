@@ -1,5 +1,6 @@
-"""Tables, as SQLAlchemy Core metadata. Alembic migrations are the source of truth for
-the database itself; this module mirrors them for queries (a test checks they agree)."""
+"""Tables, as SQLAlchemy Core metadata, for the data-access modules beside this one (the
+only code that builds SQL). Alembic migrations are the source of truth for the database
+itself; this module mirrors them (a test checks they agree)."""
 
 from __future__ import annotations
 
@@ -43,10 +44,6 @@ class UtcDateTime(TypeDecorator[datetime]):
             return None
         assert isinstance(value, datetime)
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 metadata = MetaData(
