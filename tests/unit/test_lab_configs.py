@@ -8,23 +8,20 @@ import socket
 import subprocess
 from pathlib import Path
 
-from picscale.lab.components import (
-    PORT_NAMES,
-    Layout,
-    components,
-    haproxy_config,
-    prepare_cache,
-    prometheus_config,
-    scrape_targets,
-)
+from picscale.lab.engines.haproxy import haproxy_config
+from picscale.lab.engines.prometheus import prometheus_config, write_targets
+from picscale.lab.engines.redis import Redis
+from picscale.lab.lab import Lab
+from picscale.lab.layout import Layout
+from picscale.lab.stages import PORT_NAMES, STAGES
 
 
 def layout(tmp_path: Path, stage: int = 8) -> Layout:
     ports = {name: 20000 + n for n, name in enumerate(PORT_NAMES)}
-    root = tmp_path / "lab"
+    root = tmp_path / f"lab{stage}"
     root.mkdir()
     (root / "run").mkdir()
-    return Layout(root, ports, "k" * 48, stage)
+    return Layout(root, ports, "k" * 48, STAGES[stage])
 
 
 def test_haproxy_accepts_the_full_stage_config(tmp_path: Path) -> None:
@@ -44,7 +41,7 @@ def test_haproxy_accepts_the_full_stage_config(tmp_path: Path) -> None:
 
 def test_prometheus_accepts_its_config_and_scrapes_what_runs(tmp_path: Path) -> None:
     lab = layout(tmp_path)
-    scrape_targets(lab)
+    write_targets(lab)
     config = lab.root / "prometheus.yml"
     config.write_text(prometheus_config(lab))
     result = subprocess.run(
@@ -54,15 +51,15 @@ def test_prometheus_accepts_its_config_and_scrapes_what_runs(tmp_path: Path) -> 
     webs = json.loads((lab.root / "prometheus-targets" / "web.json").read_text())
     assert webs[0]["targets"] == [f"127.0.0.1:{lab.ports[f'web{n}']}" for n in (1, 2)]
     lab.workers = 3
-    scrape_targets(lab)
+    write_targets(lab)
     workers = json.loads((lab.root / "prometheus-targets" / "worker.json").read_text())
     assert len(workers[0]["targets"]) == 3
 
 
 def test_each_stage_adds_its_tier_to_the_web_servers(tmp_path: Path) -> None:
     def web_env(stage: int) -> dict[str, str]:
-        lab = Layout(tmp_path, {n: 1 for n in PORT_NAMES}, "k" * 48, stage)
-        return next(c for c in components(lab) if c.name == "web1").env
+        lab = Lab(Layout(tmp_path, {n: 1 for n in PORT_NAMES}, "k" * 48, STAGES[stage]), "")
+        return next(c for c in lab.components if c.name == "web1").env
 
     assert "PICSCALE_CACHE_URL" not in web_env(4)
     assert web_env(5)["PICSCALE_CACHE_URL"].startswith("redis+sentinel://")
@@ -76,11 +73,11 @@ def test_redis_configs_are_written_once(tmp_path: Path) -> None:
     """Redis and the Sentinels rewrite their files as roles change: a second `up` keeps
     what they learnt."""
     lab = layout(tmp_path)
-    prepare_cache(lab)
+    Redis().prepare(lab, print)
     replica = lab.root / "redis" / "redis2.conf"
     assert f"replicaof 127.0.0.1 {lab.ports['redis1']}" in replica.read_text()
     replica.write_text("# rewritten by Redis\n")
-    prepare_cache(lab)
+    Redis().prepare(lab, print)
     assert replica.read_text() == "# rewritten by Redis\n"
 
 
