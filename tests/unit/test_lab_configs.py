@@ -3,12 +3,16 @@ checkers (HAProxy, Prometheus), and say what the lab relies on."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from picscale.lab.engines.haproxy import haproxy_config
+from picscale.lab.engines.postgres import Postgres
 from picscale.lab.engines.prometheus import prometheus_config, write_targets
 from picscale.lab.engines.redis import Redis
 from picscale.lab.lab import Lab
@@ -93,3 +97,36 @@ def test_lab_ports_are_free_distinct_and_below_the_ephemeral_range() -> None:
     for port in ports:
         with socket.socket() as s:
             s.bind(("127.0.0.1", port))  # still free
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_each_engine_runs_on_ports_of_its_own(tmp_path: Path, stage: int) -> None:
+    """Every component (every slot `lab scale` may fill too) has a name and a port no
+    other has, among the ports its engine asks the lab for."""
+    lab = layout(tmp_path, stage)
+    programs = [c for e in lab.stage.engines for c in e.programs(lab)]
+    assert len({c.name for c in programs}) == len({c.port for c in programs}) == len(programs)
+    for engine in lab.stage.engines:
+        own = {lab.ports[name] for name in engine.port_names()}
+        assert {c.port for c in engine.programs(lab)} <= own, engine
+    assert len(set(PORT_NAMES)) == len(PORT_NAMES)
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_each_component_has_a_health_check(tmp_path: Path, stage: int) -> None:
+    """On ports that refuse connections (bound, not listening), every check says down."""
+    with contextlib.ExitStack() as stack:
+        held = {name: stack.enter_context(socket.socket()) for name in PORT_NAMES}
+        for s in held.values():
+            s.bind(("127.0.0.1", 0))
+        ports = {name: s.getsockname()[1] for name, s in held.items()}
+        lab = Lab(Layout(tmp_path, ports, "k" * 48, STAGES[stage]), "")
+        assert [c.name for c in lab.components if c.healthy()] == []
+
+
+def test_each_stage_runs_the_one_before_it_and_more(tmp_path: Path) -> None:
+    """Except the single PostgreSQL, which Patroni's cluster replaces at stage 4."""
+    names = {n: {c.name for c in Lab(layout(tmp_path, n), "").components} for n in STAGES}
+    for n in sorted(STAGES)[1:]:
+        assert names[n - 1] - {"postgres"} <= names[n], n
+    assert [n for n in STAGES if STAGES[n].runs(Postgres)] == [2, 3]
