@@ -25,6 +25,8 @@ E = TypeVar("E", bound=Engine)
 
 @dataclass(frozen=True)
 class Stage:
+    """A step of the scaling path: what it adds, and the engines it runs."""
+
     number: int
     what: str
     engines: tuple[Engine, ...]  # in the order they start

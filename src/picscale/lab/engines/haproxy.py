@@ -28,7 +28,7 @@ def haproxy_config(layout: Layout) -> str:
         + ("" if n <= layout.web_count else " disabled")
         for n in range(1, MAX_WEB_SERVERS + 1)
     )
-    edge = edge_config(layout) if layout.stage.runs(Varnish) else ""
+    edge = _edge_config(layout) if layout.stage.runs(Varnish) else ""
     return f"""# rendered by `picscale lab up`: HAProxy in front of the stateless web servers
 global
     log stdout format raw local0 info
@@ -78,7 +78,7 @@ backend webs
 {edge}"""
 
 
-def edge_config(layout: Layout) -> str:
+def _edge_config(layout: Layout) -> str:
     return f"""
 frontend edge
     # media and static URLs point here: Varnish, or the origin while Varnish is down

@@ -19,6 +19,35 @@ def _requests_served(port: int) -> str:
     return f"{metric_sum(text, 'picscale_http_requests_total{'):.0f} requests"
 
 
+def _server(layout: Layout, n: int) -> Component:
+    name = f"web{n}"
+    port = layout.ports[name]
+    # with separate workers (stage 7) the web servers run no jobs
+    job_workers = "0" if layout.stage.runs(Workers) else "1"
+    return Component(
+        name=name,
+        role="web server",
+        command=[
+            sys.executable,
+            "-m",
+            "picscale",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--job-workers",
+            job_workers,
+        ],
+        port=port,
+        healthy=partial(http_ok, f"http://127.0.0.1:{port}/readyz"),
+        figure=partial(_requests_served, port),
+        env=layout.app_env(),
+    )
+
+
 @dataclass(frozen=True)
 class WebServers(Engine):
     servers: int  # how many the stage starts with
@@ -28,39 +57,11 @@ class WebServers(Engine):
         return tuple(f"web{n}" for n in range(1, MAX_WEB_SERVERS + 1))
 
     def components(self, layout: Layout) -> list[Component]:
-        return [self._server(layout, n) for n in range(1, layout.web_count + 1)]
+        return [_server(layout, n) for n in range(1, layout.web_count + 1)]
 
     def programs(self, layout: Layout) -> list[Component]:
         slots = MAX_WEB_SERVERS if layout.stage.runs(HAProxy) else layout.web_count
-        return [self._server(layout, n) for n in range(1, slots + 1)]
-
-    def _server(self, layout: Layout, n: int) -> Component:
-        name = f"web{n}"
-        port = layout.ports[name]
-        # with separate workers (stage 7) the web servers run no jobs
-        job_workers = "0" if layout.stage.runs(Workers) else "1"
-        return Component(
-            name=name,
-            role="web server",
-            command=[
-                sys.executable,
-                "-m",
-                "picscale",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--workers",
-                "1",
-                "--job-workers",
-                job_workers,
-            ],
-            port=port,
-            healthy=partial(http_ok, f"http://127.0.0.1:{port}/readyz"),
-            figure=partial(_requests_served, port),
-            env=layout.app_env(),
-        )
+        return [_server(layout, n) for n in range(1, slots + 1)]
 
     def scrape_jobs(self, layout: Layout) -> list[ScrapeJob]:
         running = range(1, layout.web_count + 1)

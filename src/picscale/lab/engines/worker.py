@@ -25,6 +25,29 @@ def _jobs_done(port: int) -> str:
     return f"{processes:.0f} processes, {done:.0f} jobs done"
 
 
+def _worker(layout: Layout, n: int) -> Component:
+    name = f"worker{n}"
+    port = layout.ports[name]  # its metrics
+    return Component(
+        name=name,
+        role="job worker (1 to 2 processes, by queue depth)",
+        command=[
+            sys.executable,
+            "-m",
+            "picscale",
+            "worker",
+            "--autoscale",
+            "1:2",
+            "--metrics-port",
+            str(port),
+        ],
+        port=port,
+        healthy=partial(http_ok, f"http://127.0.0.1:{port}/metrics"),
+        figure=partial(_jobs_done, port),
+        env=layout.app_env(),
+    )
+
+
 @dataclass(frozen=True)
 class Workers(Engine):
     count: int  # how many the stage starts with
@@ -33,32 +56,10 @@ class Workers(Engine):
         return tuple(f"worker{n}" for n in range(1, MAX_WORKERS + 1))
 
     def components(self, layout: Layout) -> list[Component]:
-        return [self._worker(layout, n) for n in range(1, layout.worker_count + 1)]
+        return [_worker(layout, n) for n in range(1, layout.worker_count + 1)]
 
     def programs(self, layout: Layout) -> list[Component]:
-        return [self._worker(layout, n) for n in range(1, MAX_WORKERS + 1)]
-
-    def _worker(self, layout: Layout, n: int) -> Component:
-        name = f"worker{n}"
-        port = layout.ports[name]  # its metrics
-        return Component(
-            name=name,
-            role="job worker (1 to 2 processes, by queue depth)",
-            command=[
-                sys.executable,
-                "-m",
-                "picscale",
-                "worker",
-                "--autoscale",
-                "1:2",
-                "--metrics-port",
-                str(port),
-            ],
-            port=port,
-            healthy=partial(http_ok, f"http://127.0.0.1:{port}/metrics"),
-            figure=partial(_jobs_done, port),
-            env=layout.app_env(),
-        )
+        return [_worker(layout, n) for n in range(1, MAX_WORKERS + 1)]
 
     def scrape_jobs(self, layout: Layout) -> list[ScrapeJob]:
         running = range(1, layout.worker_count + 1)
