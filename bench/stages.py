@@ -27,6 +27,7 @@ from pathlib import Path
 
 from picscale.lab import lab as labs
 from picscale.lab.drills import DRILLS, format_report, run_drill
+from picscale.lab.stages import MAX_STAGE, STAGES
 from picscale.load.runner import LoadOptions, last_total, read_writes, start_load
 
 P99_LIMIT_MS = 200.0
@@ -127,13 +128,13 @@ def parse_stages(text: str) -> list[int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--stages", default=f"1-{labs.MAX_STAGE}")
+    parser.add_argument("--stages", default=f"1-{MAX_STAGE}")
     parser.add_argument("--max-users", type=int, default=128)
     parser.add_argument("--no-drills", action="store_true")
     args = parser.parse_args()
     rows = {}
     for stage in parse_stages(args.stages):
-        log(f"stage {stage}: {labs.STAGES[stage]}")
+        log(f"stage {stage}: {STAGES[stage].what}")
         rows[stage] = stage_figures(stage, args.max_users, not args.no_drills)
     names = list(DRILLS)
     print(

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 
 from pg import PG_BIN, _as_postgres, _owned_dir
-from picscale.lab.components import patroni_node_config
+from picscale.lab.engines.patroni import patroni_node_config
 from support import free_port, wait_until
 
 

@@ -454,7 +454,7 @@ lab_dir_option = click.option(
 
 
 def _lab_call(action: Callable[[], T]) -> T:
-    from picscale.lab.lab import LabError
+    from picscale.lab.engine import LabError
     from picscale.load.runner import LoadError
 
     try:

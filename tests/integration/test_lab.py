@@ -120,6 +120,10 @@ def test_the_full_stage_is_up_and_a_second_up_resumes_it(full: Lab) -> None:
     assert set(rows) == STAGE_8
     assert all(r["health"] == "healthy" for r in rows.values()), rows
     figures = {name: r.get("figure", "") for name, r in rows.items()}
+    # every engine but etcd and the exporters has a figure to show
+    assert {name for name, figure in figures.items() if not figure} == {
+        "etcd", "node_exporter", "pg_exporter", "redis_exporter", "varnish_exporter",
+    }  # fmt: skip
     assert sorted(f.split(",")[0] for n, f in figures.items() if n.startswith("patroni")) == [
         "primary",
         "replica",

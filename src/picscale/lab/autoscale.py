@@ -19,7 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from picscale.lab import lab as labs
-from picscale.lab.components import MAX_WEB_SERVERS
+from picscale.lab.engine import LabError
+from picscale.lab.engines.haproxy import MAX_WEB_SERVERS
+from picscale.lab.engines.web import WebServers
+from picscale.lab.probes import get_text, metric_sum
 from picscale.procs import group_cpu_seconds
 from picscale.worker.autoscale import Policy
 
@@ -34,9 +37,9 @@ class Reading:
 
 def _latency_totals(port: int) -> tuple[float, float]:
     """(sum of seconds, count) of a web server's request latency histogram."""
-    text = labs.get_text(f"http://127.0.0.1:{port}/metrics")
-    seconds = labs.metric_sum(text, "picscale_http_request_duration_seconds_sum")
-    count = labs.metric_sum(text, "picscale_http_request_duration_seconds_count")
+    text = get_text(f"http://127.0.0.1:{port}/metrics")
+    seconds = metric_sum(text, "picscale_http_request_duration_seconds_sum")
+    count = metric_sum(text, "picscale_http_request_duration_seconds_count")
     return seconds, count
 
 
@@ -116,10 +119,11 @@ def autoscale_web(
 ) -> None:
     """Scale until interrupted (or for ``duration`` seconds)."""
     lab = labs.require(root)
-    if lab.layout.stage < 6:
-        raise labs.LabError("the web tier autoscales from stage 6: `lab up --stage 6`")
+    web = lab.layout.stage.find(WebServers)
+    if web is None or not web.autoscaled:
+        raise LabError("the web tier autoscales from stage 6: `lab up --stage 6`")
     if not 1 <= minimum <= maximum <= MAX_WEB_SERVERS:
-        raise labs.LabError(f"web=MIN:MAX with 1 <= MIN <= MAX <= {MAX_WEB_SERVERS}")
+        raise LabError(f"web=MIN:MAX with 1 <= MIN <= MAX <= {MAX_WEB_SERVERS}")
     scaler = WebAutoscaler(
         root, minimum, maximum, target_ms=target_ms, target_cpu=target_cpu, cooldown=cooldown
     )

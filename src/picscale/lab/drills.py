@@ -19,7 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from picscale.lab import lab as labs
-from picscale.lab.components import DATABASE, PATRONI_NODES, PG_BIN, REDIS_MASTER, Layout
+from picscale.lab.engine import LabError
+from picscale.lab.engines.haproxy import server_up
+from picscale.lab.engines.patroni import PATRONI_NODES, leader_node
+from picscale.lab.engines.postgres import DATABASE, PG_BIN
+from picscale.lab.engines.redis import master
 from picscale.load.runner import (
     LoadOptions,
     LoadSummary,
@@ -91,27 +95,19 @@ def _victim(lab: labs.Lab, name: str) -> str:
     if name == "web-server":
         return "web1"
     if name in ("db-primary", "db-replica"):
-        leader = labs.leader_node(layout)
+        leader = leader_node(layout)
         if leader is None:
-            raise labs.LabError("no PostgreSQL primary now: wait for Patroni (`lab status`)")
+            raise LabError("no PostgreSQL primary now: wait for Patroni (`lab status`)")
         if name == "db-primary":
             return f"patroni{leader}"
         return f"patroni{next(n for n in range(1, PATRONI_NODES + 1) if n != leader)}"
     if name == "cache-master":
-        return _redis_master(layout)
+        return master(layout, layout.ports["sentinel1"])
     if name == "edge":
         return "varnish"
     if name == "worker":
         return "worker1"
     return "rabbitmq"
-
-
-def _redis_master(layout: Layout) -> str:
-    reply = labs.ask(
-        layout.ports["sentinel1"], f"SENTINEL get-master-addr-by-name {REDIS_MASTER}\r\n".encode()
-    )
-    port = int(reply.split(b"\r\n")[4])
-    return "redis1" if port == layout.ports["redis1"] else "redis2"
 
 
 def _busy_worker(lab: labs.Lab, say: Callable[[str], None]) -> str | None:
@@ -120,7 +116,7 @@ def _busy_worker(lab: labs.Lab, say: Callable[[str], None]) -> str | None:
     layout = lab.layout
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
-        leader = labs.leader_node(layout)
+        leader = leader_node(layout)
         port = layout.ports[f"pg{leader}"] if leader else layout.ports["postgres"]
         result = subprocess.run(
             [str(PG_BIN / "psql"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
@@ -142,13 +138,13 @@ def _failed_over(lab: labs.Lab, name: str, victim: str) -> Callable[[], bool]:
     """True once the system has worked around the victim on its own."""
     layout = lab.layout
     if name == "db-primary":
-        return lambda: (n := labs.leader_node(layout)) is not None and f"patroni{n}" != victim
+        return lambda: (n := leader_node(layout)) is not None and f"patroni{n}" != victim
     if name == "cache-master":
-        return lambda: _redis_master(layout) != victim
+        return lambda: master(layout, layout.ports["sentinel1"]) != victim
     if name == "web-server":  # the load balancer no longer sends it requests
-        return lambda: not labs.server_up(layout, "webs", victim)
+        return lambda: not server_up(layout, "webs", victim)
     if name == "edge":
-        return lambda: not labs.server_up(layout, "edges", victim)
+        return lambda: not server_up(layout, "edges", victim)
     return lambda: True
 
 
@@ -166,12 +162,12 @@ def run_drill(
     the load on ``after`` s more, then read every acknowledged write back."""
     drill = DRILLS.get(name)
     if drill is None:
-        raise labs.LabError(f"no drill {name!r}: choose from {', '.join(DRILLS)}")
+        raise LabError(f"no drill {name!r}: choose from {', '.join(DRILLS)}")
     lab = labs.require(root)
-    if lab.layout.stage < drill.stage:
-        raise labs.LabError(
+    if lab.layout.stage.number < drill.stage:
+        raise LabError(
             f"the {name} drill needs stage {drill.stage} or later; the lab is at stage "
-            f"{lab.layout.stage}: `picscale lab down`, then `lab up --stage {drill.stage}`"
+            f"{lab.layout.stage.number}: `picscale lab down`, then `lab up --stage {drill.stage}`"
         )
     victim = _victim(lab, name)
     front = lab.layout.url("haproxy")
@@ -202,12 +198,12 @@ def run_drill(
         deadline = time.monotonic() + down_for
         while time.monotonic() < deadline or failover_at is None:
             if not run.running:
-                raise labs.LabError(f"the load ended early: see {out_dir}")
+                raise LabError(f"the load ended early: see {out_dir}")
             if failover_at is None and failed_over():
                 failover_at = time.time()
                 say(f"  worked around {victim} in {failover_at - failed_at:.1f} s")
             if time.monotonic() > deadline + 60:
-                raise labs.LabError(f"the {name} failover took more than {down_for + 60:g} s")
+                raise LabError(f"the {name} failover took more than {down_for + 60:g} s")
             time.sleep(0.2)  # the failure lasts down_for seconds, whatever happens
         say(f"  starting {victim} again…")
         labs.start(root, victim)

@@ -1,4 +1,5 @@
-"""The lab's commands: up, status, start, kill, logs, down."""
+"""The lab's commands: up, status, scale, start, kill, logs, down. What each engine runs,
+writes and checks is its module's (``engines/``); which engines a stage runs is ``stages``."""
 
 from __future__ import annotations
 
@@ -10,8 +11,6 @@ import signal
 import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,37 +18,16 @@ from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
-from picscale.lab.components import (
-    DATABASE,
-    MAX_STAGE,
-    MAX_WEB_SERVERS,
-    MAX_WORKERS,
-    PATRONI_NODES,
-    PG_BIN,
-    PORT_NAMES,
-    REDIS_MASTER,
-    STAGES,
-    Component,
-    Layout,
-    components,
-    haproxy_config,
-    prepare_cache,
-    prepare_patroni,
-    prepare_postgres,
-    prepare_rabbitmq,
-    prepare_varnish,
-    prometheus_config,
-    scrape_targets,
-)
+from picscale.lab.engine import START_TIMEOUT_SECONDS, Component, LabError
+from picscale.lab.engines.haproxy import MAX_WEB_SERVERS, HAProxy, drained, haproxy_command
+from picscale.lab.engines.prometheus import Prometheus, write_targets
+from picscale.lab.engines.worker import MAX_WORKERS, Workers
+from picscale.lab.layout import Layout
+from picscale.lab.stages import MAX_STAGE, PORT_NAMES, STAGES
 from picscale.lab.supervisor import Supervisor, render_config
 from picscale.procs import alive, group_members
 
 STATE = "lab.json"
-START_TIMEOUT_SECONDS = 90.0
-
-
-class LabError(RuntimeError):
-    """Something the user can fix; the message says how."""
 
 
 @cache
@@ -91,11 +69,19 @@ class Lab:
 
     @property
     def components(self) -> list[Component]:
-        return components(self.layout)
+        """What runs now, in the order it starts."""
+        layout = self.layout
+        return [c for engine in layout.stage.engines for c in engine.components(layout)]
+
+    @property
+    def programs(self) -> list[Component]:
+        """What supervisord has a program for (every slot `lab scale` may fill)."""
+        layout = self.layout
+        return [c for engine in layout.stage.engines for c in engine.programs(layout)]
 
     def save(self) -> None:
         state = {
-            "stage": self.layout.stage,
+            "stage": self.layout.stage.number,
             "webs": self.layout.webs,
             "workers": self.layout.workers,
             "ports": self.layout.ports,
@@ -121,7 +107,7 @@ class Lab:
             root.resolve(),
             ports,
             state["secret_key"],
-            state["stage"],
+            STAGES[state["stage"]],
             state.get("webs", 0),
             state.get("workers", 0),
         )
@@ -132,57 +118,16 @@ class Lab:
         root.mkdir(parents=True, exist_ok=True)
         taken: set[int] = set()
         ports = {name: _free_port(taken) for name in PORT_NAMES}
-        layout = Layout(root.resolve(), ports, secrets.token_urlsafe(48), stage)
+        layout = Layout(root.resolve(), ports, secrets.token_urlsafe(48), STAGES[stage])
         lab = cls(layout, secrets.token_urlsafe(24))
         lab.save()
         return lab
 
 
-def healthy(component: Component) -> bool:
-    if component.health == "redis":
-        return ask(component.port, b"PING\r\n").startswith(b"+PONG")
-    if component.health == "amqp":  # a broker that answers the protocol header
-        return ask(component.port, b"AMQP\x00\x00\x09\x01")[:1] == b"\x01"
-    if component.health.startswith("patroni+"):
-        return _following(component.health.removeprefix("patroni+"))
-    if component.health == "pg":
-        result = subprocess.run(
-            [str(PG_BIN / "pg_isready"), "-h", "127.0.0.1", "-p", str(component.port), "-q"],
-            check=False,
-            timeout=10,
-        )
-        return result.returncode == 0
-    try:
-        with urllib.request.urlopen(component.health, timeout=2) as response:  # noqa: S310
-            return int(response.status) == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-def _following(api: str) -> bool:
-    """A Patroni node (its REST API at ``api``) runs PostgreSQL as the primary, or as a
-    replica the primary streams to. Patroni's own /health is not enough: a former primary
-    starts as a replica, then stops a moment later to be rewound before it can follow."""
-    status, me = _json_at(f"{api}/patroni")
-    if status != 200 or me.get("state") != "running":
-        return False
-    if me.get("role") in ("master", "primary"):
-        return True
-    members = _json_at(f"{api}/cluster")[1].get("members", [])
-    name = next((m["name"] for m in members if m.get("api_url") == f"{api}/patroni"), None)
-    leader = next((m for m in members if m.get("role") == "leader"), None)
-    if name is None or leader is None:
-        return False
-    replication = _json_at(leader["api_url"])[1].get("replication", [])
-    return any(
-        r.get("application_name") == name and r.get("state") == "streaming" for r in replication
-    )
-
-
 def _wait_healthy(layout: Layout, c: Component) -> None:
     """Until ``c`` answers its health check; else an error with the end of its log."""
     try:
-        _wait(partial(healthy, c), START_TIMEOUT_SECONDS, f"{c.name} to be healthy")
+        _wait(c.healthy, START_TIMEOUT_SECONDS, f"{c.name} to be healthy")
     except LabError as exc:
         raise _with_log(layout, c.name, str(exc)) from None
 
@@ -194,16 +139,6 @@ def _with_log(layout: Layout, name: str, problem: str) -> LabError:
         f"{problem}; its log ({log}) ends:\n{_tail(log)}\n"
         f"`picscale lab logs {name}` shows it all; `picscale lab start {name}` retries"
     )
-
-
-def ask(port: int, message: bytes) -> bytes:
-    """Send ``message`` to a loopback port; the first bytes of the answer (b"" if none)."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
-            s.sendall(message)
-            return s.recv(4096)
-    except OSError:
-        return b""
 
 
 def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -220,53 +155,38 @@ def up(root: Path, stage: int, say: Callable[[str], None]) -> Lab:
     if stage not in STAGES:
         raise LabError(f"stage {stage} is not built yet: choose 1 to {MAX_STAGE}")
     lab = Lab.load(root)
-    if lab is not None and lab.supervisor.pid() is not None and lab.layout.stage != stage:
+    if lab is not None and lab.supervisor.pid() is not None and lab.layout.stage.number != stage:
+        other = lab.layout.stage.number
         raise LabError(
-            f"the lab in {root} is up at stage {lab.layout.stage}: `picscale lab down "
-            f"--dir {root}` first, or `lab up --stage {lab.layout.stage}` to resume it"
+            f"the lab in {root} is up at stage {other}: `picscale lab down "
+            f"--dir {root}` first, or `lab up --stage {other}` to resume it"
         )
     if lab is None:
         lab = Lab.create(root, stage)
     if lab.supervisor.pid() is None:
         lab.layout.webs = 0  # a fresh start: the stage's own number of servers
         lab.layout.workers = 0
-    lab.layout.stage = stage
+    lab.layout.stage = STAGES[stage]
     lab.save()
     layout = lab.layout
     for folder in (layout.logs, layout.run, layout.data):
         folder.mkdir(parents=True, exist_ok=True)
-    parts = lab.components
-    say(f"stage {stage}: {STAGES[stage]}")
-    if any(c.name == "postgres" for c in parts):
-        say("  preparing PostgreSQL (initdb, once)…")
-        prepare_postgres(layout)
-    if any(c.name.startswith("patroni") for c in parts):
-        prepare_patroni(layout)
-    names = {c.name for c in parts}
-    if "redis1" in names:
-        prepare_cache(layout)
-    if "rabbitmq" in names:
-        prepare_rabbitmq(layout)
-    if "varnish" in names:
-        prepare_varnish(layout)
-    if "prometheus" in names:
-        (layout.root / "prometheus.yml").write_text(prometheus_config(layout))
-        scrape_targets(layout)
-    if "haproxy" in names:
-        (layout.root / "haproxy.cfg").write_text(haproxy_config(layout))
+    say(f"stage {stage}: {layout.stage.what}")
+    for engine in layout.stage.engines:
+        engine.prepare(layout, say)
     supervisor = lab.supervisor
     if supervisor.pid() is None:
-        every = components(layout, every_slot=True)  # programs for every web server slot
-        (layout.root / "supervisord.conf").write_text(render_config(layout, every, lab.password))
+        config = render_config(layout, lab.programs, lab.password)
+        (layout.root / "supervisord.conf").write_text(config)
         say("  starting supervisord…")
         try:
             supervisor.start()
         except RuntimeError as exc:
             raise LabError(str(exc)) from None
     running = supervisor.processes()
-    for c in parts:
+    for c in lab.components:
         state = running.get(c.name, {}).get("statename")
-        if state == "RUNNING" and healthy(c):
+        if state == "RUNNING" and c.healthy():
             say(f"  {c.name:<16} {c.role}: already up")
             continue
         say(f"  {c.name:<16} {c.role}: starting on 127.0.0.1:{c.port}…")
@@ -276,11 +196,8 @@ def up(root: Path, stage: int, say: Callable[[str], None]) -> Lab:
             except Exception as exc:
                 raise _with_log(layout, c.name, f"{c.name} did not start ({exc})") from exc
         _wait_healthy(layout, c)
-        if c.name == "postgres":
-            _create_database(c.port)
-        if c.name == "patroni1":
-            leader = _wait_leader(layout)
-            _create_database(layout.ports[f"pg{leader}"])
+        if c.provision is not None:
+            c.provision()
         say(f"  {c.name:<16} healthy")
     return lab
 
@@ -293,21 +210,21 @@ def scale(root: Path, tier: str, count: int, say: Callable[[str], None]) -> None
     lab = require(root)
     layout = lab.layout
     if tier == "web":
-        if layout.stage < 3:
+        if not layout.stage.runs(HAProxy):
             raise LabError("web servers scale behind the load balancer: stage 3 and up")
         if not 1 <= count <= MAX_WEB_SERVERS:
             raise LabError(f"web=N: N from 1 to {MAX_WEB_SERVERS}")
         _scale_slots(lab, "web", count, say)
     elif tier == "workers":
-        if layout.stage < 7:
+        if not layout.stage.runs(Workers):
             raise LabError("separate workers come at stage 7")
         if not 1 <= count <= MAX_WORKERS:
             raise LabError(f"workers=M: M from 1 to {MAX_WORKERS}")
         _scale_slots(lab, "worker", count, say)
     else:
         raise LabError(f"{tier}=…: scale web=N or workers=M")
-    if layout.stage >= 8:
-        scrape_targets(layout)
+    if layout.stage.runs(Prometheus):
+        write_targets(layout)
 
 
 def _scale_slots(lab: Lab, tier: str, count: int, say: Callable[[str], None]) -> None:
@@ -338,7 +255,7 @@ def _scale_slots(lab: Lab, tier: str, count: int, say: Callable[[str], None]) ->
         if web:
             say(f"  {name}: draining…")
             haproxy_command(layout, f"set server webs/{name} state drain")
-            _wait(partial(_drained, layout, name), 60, f"{name}'s requests to finish")
+            _wait(partial(drained, layout, name), 60, f"{name}'s requests to finish")
             haproxy_command(layout, f"set server webs/{name} state maint")
         else:
             say(f"  {name}: stopping (its jobs finish or go back to the queue)…")
@@ -348,110 +265,13 @@ def _scale_slots(lab: Lab, tier: str, count: int, say: Callable[[str], None]) ->
         say(f"  {name}: stopped")
 
 
-def haproxy_command(layout: Layout, command: str) -> str:
-    """One command on HAProxy's runtime API (its admin socket in the lab directory)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(5)
-        s.connect(str(layout.run / "haproxy.sock"))
-        s.sendall(command.encode() + b"\n")
-        chunks = []
-        while chunk := s.recv(65536):
-            chunks.append(chunk)
-    answer = b"".join(chunks).decode().strip()
-    if command.startswith("set ") and answer:  # a set answers nothing when it worked
-        raise LabError(f"HAProxy refused {command!r}: {answer}")
-    return answer
-
-
-def _drained(layout: Layout, server: str) -> bool:
-    return int(_server_stat(layout, "webs", server).get("scur") or 0) == 0
-
-
-def server_up(layout: Layout, backend: str, server: str) -> bool:
-    """HAProxy sends ``backend``'s requests to ``server`` (its checks pass)."""
-    return _server_stat(layout, backend, server).get("status", "").startswith("UP")
-
-
-def _server_stat(layout: Layout, backend: str, server: str) -> dict[str, str]:
-    """HAProxy's ``show stat`` line of one server (scur: requests in flight, status)."""
-    lines = haproxy_command(layout, "show stat").splitlines()
-    header = lines[0].lstrip("# ").split(",")
-    for line in lines[1:]:
-        row = dict(zip(header, line.split(","), strict=False))
-        if row.get("pxname") == backend and row.get("svname") == server:
-            return row
-    return {}
-
-
-def _patroni(layout: Layout, n: int, path: str) -> tuple[int, Any]:
-    return _json_at(layout.url(f"patroni{n}") + path)
-
-
-def _json_at(url: str) -> tuple[int, Any]:
-    """The status and JSON body of a GET (0 and {} if nothing answered)."""
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310
-            return int(response.status), json.loads(response.read() or b"{}")
-    except urllib.error.HTTPError as exc:
-        return exc.code, {}
-    except (urllib.error.URLError, OSError, ValueError):
-        return 0, {}
-
-
-def leader_node(layout: Layout) -> int | None:
-    """The number of the Patroni node that is primary now."""
-    for n in range(1, PATRONI_NODES + 1):
-        if _patroni(layout, n, "/primary")[0] == 200:
-            return n
-    return None
-
-
-def _wait_leader(layout: Layout) -> int:
-    deadline = time.monotonic() + START_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        found = leader_node(layout)
-        if found is not None:
-            return found
-        time.sleep(0.2)  # Patroni is electing a leader
-    raise LabError(f"no Patroni leader after {START_TIMEOUT_SECONDS:g} s: see `lab logs`")
-
-
-def _create_database(port: int) -> None:
-    psql = [str(PG_BIN / "psql"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-Atq"]
-    exists = subprocess.run(
-        [*psql, "-c", f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'"],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    if exists.stdout.strip() != "1":
-        subprocess.run(
-            [*psql, "-c", f"CREATE DATABASE {DATABASE}"],
-            check=True,
-            capture_output=True,
-            timeout=30,
-        )
-
-
 def urls(lab: Lab) -> dict[str, str]:
-    names = {c.name for c in lab.components}
-    front = "haproxy" if "haproxy" in names else "web1"
-    out = {"Picscale": lab.layout.url(front)}
-    if "haproxy" in names:
-        out["HAProxy stats"] = lab.layout.url("haproxy_stats") + "/stats"
-        out["HAProxy metrics"] = lab.layout.url("haproxy_stats") + "/metrics"
-    if "postgres" in names or "patroni1" in names:
-        out["PostgreSQL"] = lab.layout.database_url
-    if "patroni1" in names:
-        out["Patroni"] = lab.layout.patroni_url
-    if "redis1" in names:
-        out["Redis"] = lab.layout.redis_url
-        out["Media edge"] = lab.layout.url("edge") + " (Varnish " + lab.layout.url("varnish") + ")"
-    if "rabbitmq" in names:
-        out["RabbitMQ"] = lab.layout.amqp_url
-    if "prometheus" in names:
-        out["Prometheus"] = lab.layout.url("prometheus")
+    """The lab's front door (its load balancer, else its web server), then each engine's
+    addresses."""
+    layout = lab.layout
+    out = {"Picscale": layout.url("haproxy" if layout.stage.runs(HAProxy) else "web1")}
+    for engine in layout.stage.engines:
+        out |= engine.urls(layout)
     return out
 
 
@@ -476,129 +296,20 @@ def status(root: Path) -> list[dict[str, Any]]:
                 "address": f"127.0.0.1:{c.port}",
                 "pid": info.get("pid") or "-",
                 "state": state.lower(),
-                "health": "healthy" if state == "RUNNING" and healthy(c) else "down",
-                "figure": _figure(lab, c) if state == "RUNNING" else "",
+                "health": "healthy" if state == "RUNNING" and c.healthy() else "down",
+                "figure": _figure(c) if state == "RUNNING" else "",
             }
         )
     return rows
 
 
-def _figure(lab: Lab, c: Component) -> str:
-    """One number that says how the component is doing."""
+def _figure(c: Component) -> str:
+    if c.figure is None:
+        return ""
     try:
-        if c.name == "haproxy":
-            up_servers = _haproxy_up(lab)
-            return f"{up_servers} web servers up"
-        if c.name.startswith("patroni"):
-            n = int(c.name.removeprefix("patroni"))
-            _, node = _patroni(lab.layout, n, "/patroni")
-            role = str(node.get("role", "?")).replace("master", "primary")
-            if role == "primary":
-                return "primary"
-            _, cluster = _patroni(lab.layout, n, "/cluster")
-            lag = next(
-                (m.get("lag") for m in cluster.get("members", []) if m.get("name") == f"pg{n}"),
-                None,
-            )
-            return f"{role}, lag {lag} bytes" if lag is not None else role
-        if c.name.startswith("web"):
-            total = metric_sum(
-                get_text(f"http://127.0.0.1:{c.port}/metrics"), "picscale_http_requests_total{"
-            )
-            return f"{total:.0f} requests"
-        if c.name.startswith("worker"):
-            text = get_text(f"http://127.0.0.1:{c.port}/metrics")
-            done = sum(
-                float(line.rsplit(" ", 1)[1])
-                for line in text.splitlines()
-                if line.startswith("picscale_jobs_total{") and 'outcome="done"' in line
-            )
-            processes = metric_sum(text, "picscale_autoscale_workers ")
-            return f"{processes:.0f} processes, {done:.0f} jobs done"
-        if c.name in ("redis1", "redis2"):
-            info = _redis_info(c.port, "replication") | _redis_info(c.port, "stats")
-            role = info.get("role", "?").replace("master", "primary")
-            hits, misses = int(info.get("keyspace_hits", 0)), int(info.get("keyspace_misses", 0))
-            ratio = f", hit ratio {hits / (hits + misses):.0%}" if hits + misses else ""
-            if role == "slave":
-                return f"replica, link {info.get('master_link_status', '?')}{ratio}"
-            return f"{role}, {info.get('connected_slaves', '0')} replicas{ratio}"
-        if c.name.startswith("sentinel"):
-            reply = ask(c.port, f"SENTINEL get-master-addr-by-name {REDIS_MASTER}\r\n".encode())
-            port = int(reply.split(b"\r\n")[4])
-            names = [n for n in ("redis1", "redis2") if lab.layout.ports[n] == port]
-            return f"master is {names[0] if names else port}"
-        if c.name == "varnish":
-            hits, misses = _varnish_counters(lab.layout)
-            total = hits + misses
-            return f"hit ratio {hits / total:.0%} of {total}" if total else "no requests yet"
-        if c.name == "rabbitmq":
-            text = get_text(lab.layout.url("rabbitmq_metrics") + "/metrics/per-object")
-            ready = metric_sum(text, "rabbitmq_queue_messages_ready{")
-            unacked = metric_sum(text, "rabbitmq_queue_messages_unacked{")
-            return f"queue depth {ready:.0f}, {unacked:.0f} in flight"
-        if c.name == "prometheus":
-            targets = json.loads(get_text(lab.layout.url("prometheus") + "/api/v1/targets"))
-            active = targets["data"]["activeTargets"]
-            up_count = sum(1 for t in active if t["health"] == "up")
-            return f"{up_count} of {len(active)} targets up"
+        return c.figure()
     except (OSError, ValueError, IndexError, KeyError, subprocess.SubprocessError):
         return "?"
-    return ""
-
-
-def metric_sum(text: str, prefix: str) -> float:
-    """The sum of the samples of Prometheus text whose line starts with ``prefix``."""
-    return sum(
-        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix)
-    )
-
-
-def _redis_info(port: int, section: str) -> dict[str, str]:
-    with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
-        s.sendall(f"INFO {section}\r\n".encode())
-        data = b""
-        while b"\r\n" not in data or len(data) < _bulk_length(data):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    text = data.split(b"\r\n", 1)[1].decode(errors="replace")
-    pairs = (line.split(":", 1) for line in text.splitlines() if ":" in line)
-    return {k: v.strip() for k, v in pairs}
-
-
-def _bulk_length(data: bytes) -> int:
-    """How long a RESP bulk string reply is, header and trailer included."""
-    header, _, _ = data.partition(b"\r\n")
-    return len(header) + 2 + int(header[1:]) + 2
-
-
-def _varnish_counters(layout: Layout) -> tuple[int, int]:
-    result = subprocess.run(
-        ["varnishstat", "-n", str(layout.root / "varnish"), "-1", "-j",
-         "-f", "MAIN.cache_hit", "-f", "MAIN.cache_miss"],
-        check=True, capture_output=True, text=True, timeout=10,
-    )  # fmt: skip
-    data = json.loads(result.stdout)
-    counters = data.get("counters", data)
-    return int(counters["MAIN.cache_hit"]["value"]), int(counters["MAIN.cache_miss"]["value"])
-
-
-def _haproxy_up(lab: Lab) -> int:
-    text = get_text(lab.layout.url("haproxy_stats") + "/metrics")
-    return sum(
-        1
-        for line in text.splitlines()
-        if line.startswith('haproxy_server_status{proxy="webs"')
-        and 'state="UP"' in line
-        and line.endswith(" 1")
-    )
-
-
-def get_text(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=3) as response:  # noqa: S310
-        return str(response.read().decode())
 
 
 def component(lab: Lab, name: str) -> Component:
@@ -606,38 +317,27 @@ def component(lab: Lab, name: str) -> Component:
         if c.name == name:
             return c
     names = ", ".join(c.name for c in lab.components)
-    raise LabError(f"no component {name!r} at stage {lab.layout.stage}: choose from {names}")
+    raise LabError(f"no component {name!r} at stage {lab.layout.stage.number}: choose from {names}")
 
 
 def kill(root: Path, name: str) -> int:
     """SIGKILL a component (and its process group); returns the pid it had."""
     lab = require(root)
-    component(lab, name)
+    c = component(lab, name)
     info = lab.supervisor.processes().get(name, {})
     if info.get("statename") != "RUNNING":
         raise LabError(f"{name} is not running ({str(info.get('statename', '?')).lower()})")
     pid = int(info["pid"])
-    postmaster = _postmaster(lab.layout, name)
+    detached = c.detached() if c.detached is not None else None
     # the whole process group supervisord made for it (a web server's granian and job
     # workers too): supervisord's own signalProcess reaches the first process only, and
     # children left behind would go on serving
     os.killpg(pid, signal.SIGKILL)
-    if postmaster is not None and alive(postmaster):
+    if detached is not None and alive(detached):
         # Patroni runs PostgreSQL in a session of its own: the machine dies with both
-        os.kill(postmaster, signal.SIGKILL)
+        os.kill(detached, signal.SIGKILL)
     _wait(lambda: not group_members(pid), 30, f"{name} (pid {pid}) and its children to die")
     return pid
-
-
-def _postmaster(layout: Layout, name: str) -> int | None:
-    """The PostgreSQL a Patroni node runs (its own process session), if it runs."""
-    if not name.startswith("patroni"):
-        return None
-    try:
-        pid = int((layout.root / name / "data" / "postmaster.pid").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-    return pid if alive(pid) else None
 
 
 def start(root: Path, name: str) -> None:
@@ -659,12 +359,13 @@ def down(root: Path, say: Callable[[str], None]) -> list[int]:
         say("the lab is not running")
         return []
     pids = [int(p["pid"]) for p in supervisor.processes().values() if p.get("pid")]
-    postmasters = [pid for c in components(lab.layout) if (pid := _postmaster(lab.layout, c.name))]
+    detached = [pid for c in lab.components if c.detached is not None and (pid := c.detached())]
     say(f"stopping {len(pids)} processes and supervisord (pid {main_pid})…")
     supervisor.shutdown()
-    everything = [main_pid, *pids, *postmasters]
+    everything = [main_pid, *pids, *detached]
     _wait(lambda: not any(alive(p) for p in [main_pid, *pids]), 90, "every lab process to end")
-    for pid in postmasters:  # Patroni stopped them; one whose Patroni was killed is ended here
+    # Patroni stopped its PostgreSQL; one whose Patroni was killed is ended here
+    for pid in detached:
         if alive(pid):
             os.kill(pid, signal.SIGINT)  # PostgreSQL's fast shutdown
     _wait(lambda: not any(alive(p) for p in everything), 90, "every lab process to end")

@@ -11,7 +11,8 @@ import time
 import xmlrpc.client
 from typing import Any
 
-from picscale.lab.components import Component, Layout
+from picscale.lab.engine import Component
+from picscale.lab.layout import Layout
 from picscale.procs import alive
 
 
