@@ -40,9 +40,10 @@ from picscale.web.api import build_api
 from picscale.web.assets import StaticAssets
 from picscale.web.auth import resolve_user
 from picscale.web.errors import handle_exception
+from picscale.web.media import MediaController
 from picscale.web.middleware import RequestContext
+from picscale.web.ops import OpsController
 from picscale.web.pages import build_pages
-from picscale.web.system import build_system
 
 log = structlog.get_logger(__name__)
 
@@ -125,7 +126,8 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
         route_handlers=[
             build_api(settings, edge_base),
             build_pages(settings, edge_base),
-            build_system(),
+            MediaController,
+            OpsController,
             assets.route(),
         ],
         lifespan=[lifespan],
