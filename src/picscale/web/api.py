@@ -14,8 +14,6 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 
 from picscale.domain.errors import NotFound
-from picscale.domain.records import Page, UserRecord
-from picscale.services import Services
 from picscale.settings import Settings
 from picscale.web.auth import (
     SESSION_COOKIE,
@@ -23,16 +21,13 @@ from picscale.web.auth import (
     cleared_session_cookie,
     current_user,
     protect,
-    rotate_csrf,
     services_of,
-    session_cookie,
 )
 from picscale.web.caching import shared_headers
 from picscale.web.schemas import (
     EditIn,
     JobOut,
     LogInIn,
-    MediaUrls,
     PageOut,
     PhotoOut,
     ProfileIn,
@@ -41,6 +36,7 @@ from picscale.web.schemas import (
     SignUpIn,
     UserOut,
 )
+from picscale.web.shared import MediaUrls, client_address, parse_id, start_session
 
 Cursor = Annotated[
     str | None, Parameter(description="next_cursor from the previous page", max_length=32)
@@ -50,41 +46,10 @@ JOB_STREAM_SECONDS = 600.0  # a stream ends after this; EventSource reconnects
 JOB_RECHECK_SECONDS = 5.0  # re-read the job at least this often, event or not
 
 
-def parse_id(raw: str, what: str) -> int:
-    """Ids travel as decimal strings; anything else names nothing that exists."""
-    if not raw.isdigit() or len(raw) > 19 or int(raw) >= 2**63:
-        raise NotFound(f"{what} {raw!r} does not exist: ids are decimal numbers")
-    return int(raw)
-
-
-def client_address(request: Request[Any, Any, Any]) -> str:
-    return request.client.host if request.client else "unknown"
-
-
 @dataclass
 class UploadForm:
     file: UploadFile
     caption: str = ""
-
-
-def page_out(urls: MediaUrls, page: Page) -> PageOut:
-    return PageOut([urls.photo(p) for p in page.items], page.next_cursor)
-
-
-async def start_session(
-    request: Request[Any, Any, Any], services: Services, user: UserRecord, response: Response[Any]
-) -> str:
-    """A fresh session id (and CSRF token) at every login; the browser's old one is dropped."""
-    old = request.cookies.get(SESSION_COOKIE)
-    if old:
-        await services.sessions.delete(old)
-    session = await services.sessions.create(user.id)
-    await services.sticking.bind(session, new=True)
-    secure = services.settings.is_production
-    ttl = services.settings.sessions.ttl_seconds
-    response.set_cookie(session_cookie(session.token, max_age=ttl, secure=secure))
-    rotate_csrf(request, response)
-    return session.token
 
 
 def build_api(settings: Settings, media_base: Callable[[], str]) -> Router:
@@ -172,7 +137,7 @@ def build_api(settings: Settings, media_base: Callable[[], str]) -> Router:
         found = await services.users.profile(username)
         if found is None:
             raise NotFound(f"no user is called {username!r}")
-        page = page_out(urls, await services.photos.by_owner(found.id, cursor, limit))
+        page = urls.page(await services.photos.by_owner(found.id, cursor, limit))
         return Response(page, headers=shared(request, f"profile-{found.id}"))
 
     @post(
@@ -254,7 +219,7 @@ def build_api(settings: Settings, media_base: Callable[[], str]) -> Router:
         limit: Limit = settings.feed.page_size,
     ) -> PageOut:
         user = await current_user(request)
-        return page_out(urls, await services_of(request).social.feed(user, cursor, limit))
+        return urls.page(await services_of(request).social.feed(user, cursor, limit))
 
     return Router(
         "/api/v1",

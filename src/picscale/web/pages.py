@@ -15,7 +15,6 @@ from picscale.domain.errors import DomainError, Invalid, NotFound
 from picscale.domain.records import PhotoRecord, ProfileRecord
 from picscale.imaging import Blur, Crop, Operation, Sharpen
 from picscale.settings import Settings
-from picscale.web.api import client_address, parse_id, start_session
 from picscale.web.auth import (
     SESSION_COOKIE,
     cleared_session_cookie,
@@ -26,7 +25,7 @@ from picscale.web.auth import (
     set_csrf_cookie,
 )
 from picscale.web.caching import anonymous, shared_headers
-from picscale.web.schemas import MediaUrls
+from picscale.web.shared import MediaUrls, client_address, parse_id, start_session
 
 Form = Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)]
 
