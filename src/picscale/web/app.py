@@ -36,7 +36,7 @@ from picscale.observability.logging import configure_logging
 from picscale.observability.metrics import Metrics
 from picscale.services import Services, build_services
 from picscale.settings import Settings, load_settings
-from picscale.web.api import build_api
+from picscale.web.api import api_router
 from picscale.web.assets import StaticAssets
 from picscale.web.auth import resolve_user
 from picscale.web.errors import handle_exception
@@ -44,6 +44,7 @@ from picscale.web.media import MediaController
 from picscale.web.middleware import RequestContext
 from picscale.web.ops import OpsController
 from picscale.web.pages import build_pages
+from picscale.web.shared import MediaUrls
 
 log = structlog.get_logger(__name__)
 
@@ -124,7 +125,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
 
     return _Litestar(
         route_handlers=[
-            build_api(settings, edge_base),
+            api_router(settings, MediaUrls(edge_base)),
             build_pages(settings, edge_base),
             MediaController,
             OpsController,
