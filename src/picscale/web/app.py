@@ -12,6 +12,7 @@ from typing import cast
 import structlog
 from litestar import Litestar
 from litestar.contrib.jinja import JinjaTemplateEngine
+from litestar.datastructures import State
 from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException
 from litestar.middleware import DefineMiddleware
@@ -43,7 +44,8 @@ from picscale.web.errors import handle_exception
 from picscale.web.media import MediaController
 from picscale.web.middleware import RequestContext
 from picscale.web.ops import OpsController
-from picscale.web.pages import build_pages
+from picscale.web.pages import pages_router
+from picscale.web.pages.rendering import PageContext
 from picscale.web.shared import MediaUrls
 
 log = structlog.get_logger(__name__)
@@ -101,6 +103,8 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
     def static_url(name: str) -> str:
         return edge_base() + assets.path(name)
 
+    urls = MediaUrls(edge_base)
+
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         configure_vips(settings.worker.vips_threads)  # uploads are probed in this process
@@ -125,12 +129,13 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
 
     return _Litestar(
         route_handlers=[
-            api_router(settings, MediaUrls(edge_base)),
-            build_pages(settings, edge_base),
+            api_router(settings, urls),
+            pages_router(),
             MediaController,
             OpsController,
             assets.route(),
         ],
+        state=State({"pages": PageContext.of(settings, urls)}),
         lifespan=[lifespan],
         before_request=resolve_user,
         middleware=[DefineMiddleware(RequestContext, services=current_services)],
