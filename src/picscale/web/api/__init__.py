@@ -1,5 +1,10 @@
 """The JSON API for mobile clients (and the browser's upload and edit scripts): version 1,
-one controller per resource, documented at /schema."""
+one controller per resource, documented at /schema.
+
+A controller whose OpenAPI description takes settings (page sizes, the upload limit) is
+made by a factory when the app is built; its handlers find the settings and the media URLs
+in the factory's scope, with nothing to look up per request. A handler's docstring is its
+operation's description in the OpenAPI document."""
 
 from __future__ import annotations
 

@@ -14,6 +14,8 @@ from picscale.web.shared import MediaUrls
 
 
 def feed_controller(settings: Settings, urls: MediaUrls) -> type[ProtectedController]:
+    """Made when the app is built: the page size's bounds and default come from settings."""
+
     class FeedController(ProtectedController):
         path = "/feed"
 

@@ -25,6 +25,7 @@ class UploadForm:
 
 
 def photos_controller(settings: Settings, urls: MediaUrls) -> type[ProtectedController]:
+    """Made when the app is built: the upload's body limit comes from settings."""
     shared_seconds = settings.cdn.shared_seconds
 
     class PhotosController(ProtectedController):

@@ -17,6 +17,7 @@ from picscale.web.shared import MediaUrls
 
 
 def users_controller(settings: Settings, urls: MediaUrls) -> type[ProtectedController]:
+    """Made when the app is built: the page size's bounds and default come from settings."""
     shared_seconds = settings.cdn.shared_seconds
 
     class UsersController(ProtectedController):
