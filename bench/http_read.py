@@ -63,7 +63,7 @@ def hello_app() -> Any:
 
 
 def start_hello(tmp: Path, body: bytes, cpu: int | None) -> tuple[str, Process]:
-    """granian with the options ``picscale serve`` passes it (see picscale.cli)."""
+    """granian with the options ``picscale serve`` passes it (see picscale.serve)."""
     port = free_port()
     env = clean_env(**{BODY_ENV: body.decode()})
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(BENCH_DIR), env.get("PYTHONPATH")) if p)

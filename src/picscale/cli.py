@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import shutil
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -18,13 +14,9 @@ from typing import Any, TypeVar
 import click
 
 from picscale import __version__
-from picscale.procs import alive
 from picscale.settings import Settings, SettingsError, load_settings
 
 T = TypeVar("T")
-
-RESTART_DELAY_SECONDS = 1.0
-STOP_TIMEOUT_SECONDS = 40.0
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -72,110 +64,18 @@ def serve(
         host=host, port=port, workers=workers, job_workers=job_workers, data_dir=data_dir
     )
     from picscale.observability.logging import configure_logging
+    from picscale.serve import Supervisor
     from picscale.settings import secret_key_for
     from picscale.tiers.db.migrate import upgrade
 
+    def say(line: str) -> None:
+        click.echo(line, err=True)
+
     configure_logging(settings.log_level, process="serve")
-    click.echo(f"picscale {__version__}: preparing {settings.data_dir.resolve()}", err=True)
+    say(f"picscale {__version__}: preparing {settings.data_dir.resolve()}")
     upgrade(settings)
     secret_key_for(settings)  # made once here, before the processes that read it start
-    sys.exit(Supervisor(settings).run())
-
-
-class Supervisor:
-    """Starts granian and the job workers, restarts workers that die, stops all on signal."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        # one directory per serve process: several may share a data directory
-        self.metrics_dir = settings.data_dir.resolve() / "run" / "metrics" / str(os.getpid())
-        self.stopping = False
-        self.web: subprocess.Popen[bytes] | None = None
-        self.workers: list[subprocess.Popen[bytes]] = []
-
-    def _env(self) -> dict[str, str]:
-        env = {**os.environ, **self.settings.as_env()}
-        env["PICSCALE_DATA_DIR"] = str(self.settings.data_dir.resolve())
-        env["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)
-        return env
-
-    def _start_web(self) -> subprocess.Popen[bytes]:
-        s = self.settings
-        command = [
-            sys.executable, "-m", "granian",
-            "--interface", "asgi",
-            "--factory",
-            "--host", s.web.host,
-            "--port", str(s.web.port),
-            "--workers", str(s.web.workers),
-            "--no-ws",
-            "--log-level", "warning",
-            "--respawn-failed-workers",
-            "picscale.web.app:create_app_from_env",
-        ]  # fmt: skip
-        return subprocess.Popen(command, env=self._env())
-
-    def _start_worker(self) -> subprocess.Popen[bytes]:
-        return subprocess.Popen([sys.executable, "-m", "picscale", "worker"], env=self._env())
-
-    def _stop(self, *_: Any) -> None:
-        self.stopping = True
-
-    def run(self) -> int:
-        # metrics of earlier runs would add up with this one's: drop those of the dead
-        for old in self.metrics_dir.parent.glob("*"):
-            if old.name.isdigit() and not alive(int(old.name)):
-                shutil.rmtree(old, ignore_errors=True)
-        shutil.rmtree(self.metrics_dir, ignore_errors=True)
-        self.metrics_dir.mkdir(parents=True)
-        signal.signal(signal.SIGTERM, self._stop)
-        signal.signal(signal.SIGINT, self._stop)
-        self.web = self._start_web()
-        self.workers = [self._start_worker() for _ in range(self.settings.worker.processes)]
-        s = self.settings
-        click.echo(
-            f"serving http://{s.web.host}:{s.web.port} with {s.web.workers} web and "
-            f"{s.worker.processes} job worker process(es); Ctrl-C stops",
-            err=True,
-        )
-        code = 0
-        while not self.stopping:
-            if (web_code := self.web.poll()) is not None:
-                click.echo(f"the web server exited with code {web_code}; stopping", err=True)
-                code = web_code or 1
-                break
-            for i, worker in enumerate(self.workers):
-                if worker.poll() is not None and not self.stopping:
-                    click.echo(
-                        f"job worker {worker.pid} exited with code {worker.returncode}; "
-                        "starting another (its unfinished jobs go back to the queue)",
-                        err=True,
-                    )
-                    self._mark_dead(worker.pid)
-                    time.sleep(RESTART_DELAY_SECONDS)
-                    self.workers[i] = self._start_worker()
-            time.sleep(0.2)
-        self._shutdown()
-        return code
-
-    def _mark_dead(self, pid: int) -> None:
-        from prometheus_client import multiprocess
-
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)
-        multiprocess.mark_process_dead(pid, str(self.metrics_dir))  # type: ignore[no-untyped-call]
-
-    def _shutdown(self) -> None:
-        children = [p for p in [self.web, *self.workers] if p is not None]
-        for proc in children:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
-        for proc in children:
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    sys.exit(Supervisor(settings, say).run())
 
 
 def _range(value: str | None) -> tuple[int, int] | None:

@@ -12,6 +12,7 @@ from typing import cast
 import structlog
 from litestar import Litestar
 from litestar.contrib.jinja import JinjaTemplateEngine
+from litestar.datastructures import State
 from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException
 from litestar.middleware import DefineMiddleware
@@ -36,13 +37,16 @@ from picscale.observability.logging import configure_logging
 from picscale.observability.metrics import Metrics
 from picscale.services import Services, build_services
 from picscale.settings import Settings, load_settings
-from picscale.web.api import build_api
+from picscale.web.api import api_router
 from picscale.web.assets import StaticAssets
 from picscale.web.auth import resolve_user
 from picscale.web.errors import handle_exception
+from picscale.web.media import MediaController
 from picscale.web.middleware import RequestContext
-from picscale.web.pages import build_pages
-from picscale.web.system import build_system
+from picscale.web.ops import OpsController
+from picscale.web.pages import pages_router
+from picscale.web.pages.rendering import PageContext
+from picscale.web.shared import MediaUrls
 
 log = structlog.get_logger(__name__)
 
@@ -99,6 +103,8 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
     def static_url(name: str) -> str:
         return edge_base() + assets.path(name)
 
+    urls = MediaUrls(edge_base)
+
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         configure_vips(settings.worker.vips_threads)  # uploads are probed in this process
@@ -123,11 +129,13 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
 
     return _Litestar(
         route_handlers=[
-            build_api(settings, edge_base),
-            build_pages(settings, edge_base),
-            build_system(),
+            api_router(settings, urls),
+            pages_router(),
+            MediaController,
+            OpsController,
             assets.route(),
         ],
+        state=State({"pages": PageContext.of(settings, urls)}),
         lifespan=[lifespan],
         before_request=resolve_user,
         middleware=[DefineMiddleware(RequestContext, services=current_services)],

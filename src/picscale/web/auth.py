@@ -12,7 +12,7 @@ import secrets
 from collections.abc import Sequence
 from typing import Any
 
-from litestar import Request, Response
+from litestar import Controller, Request, Response
 from litestar.connection import ASGIConnection
 from litestar.datastructures import Cookie
 from litestar.exceptions import ClientException, PermissionDeniedException
@@ -127,13 +127,20 @@ def cleared_session_cookie() -> Cookie:
     return Cookie(key=SESSION_COOKIE, value="", path="/", max_age=0, httponly=True)
 
 
-def protect(handlers: Sequence[HTTPRouteHandler]) -> list[HTTPRouteHandler]:
+def protect(handlers: Sequence[BaseRouteHandler]) -> list[BaseRouteHandler]:
     """Put the CSRF guard on the handlers that change something. (Litestar copies a
     handler for every guard call, so safe handlers are better off without one.)"""
     for handler in handlers:
-        if not set(handler.http_methods) <= SAFE_METHODS:
+        if isinstance(handler, HTTPRouteHandler) and not set(handler.http_methods) <= SAFE_METHODS:
             handler.guards = [*(handler.guards or []), csrf_guard]
     return list(handlers)
+
+
+class ProtectedController(Controller):
+    """A controller whose handlers that change something are CSRF-guarded (``protect``)."""
+
+    def get_route_handlers(self) -> list[BaseRouteHandler]:
+        return protect(super().get_route_handlers())  # this controller's own copies
 
 
 async def csrf_guard(

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Literal
 
 import msgspec
 
-from picscale.domain.records import JobRecord, PhotoRecord, ProfileRecord, UserRecord
+from picscale.domain.records import JobRecord, ProfileRecord, UserRecord
 from picscale.imaging import Operation
 
 Username = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
@@ -120,35 +119,3 @@ class JobOut(msgspec.Struct):
 class ErrorOut(msgspec.Struct):
     status_code: int
     detail: str
-
-
-class MediaUrls:
-    """Builds versioned, immutable media URLs, on the CDN edge while it is healthy
-    (``base`` returns its URL then, '' for origin-relative URLs otherwise)."""
-
-    def __init__(self, base: Callable[[], str] = lambda: "") -> None:
-        self.base = base
-
-    def url(self, photo: PhotoRecord, variant: str, version: int | None = None) -> str:
-        ext = {"jpeg": "jpg"}.get(photo.format, photo.format)
-        return f"{self.base()}/media/{photo.id}/v{version or photo.version}/{variant}.{ext}"
-
-    def urls(self, photo: PhotoRecord) -> PhotoUrls | None:
-        if photo.version < 1:
-            return None
-        return PhotoUrls(
-            self.url(photo, "original"), self.url(photo, "large"), self.url(photo, "thumb")
-        )
-
-    def photo(self, p: PhotoRecord) -> PhotoOut:
-        return PhotoOut(
-            id=str(p.id),
-            owner=OwnerOut(str(p.owner_id), p.owner_username),
-            caption=p.caption,
-            created_at=p.created_at,
-            version=p.version,
-            width=p.width,
-            height=p.height,
-            status=p.status,
-            urls=self.urls(p),
-        )
