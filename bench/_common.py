@@ -21,6 +21,12 @@ from typing import Any
 
 import httpx
 
+# `python bench/x.py` puts bench/ on the import path, not the repository: the servers'
+# harnesses are the tests' own (tests/support), imported as the tests import them
+REPOSITORY = Path(__file__).resolve().parent.parent
+if str(REPOSITORY) not in sys.path:
+    sys.path.insert(1, str(REPOSITORY))
+
 START_TIMEOUT = 60.0
 HOST = "127.0.0.1"
 

@@ -25,19 +25,13 @@ import asyncio
 import random
 import re
 import shutil
-import sys
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 
-BENCH_DIR = Path(__file__).resolve().parent
-for extra in (BENCH_DIR, BENCH_DIR.parent / "tests"):
-    if str(extra) not in sys.path:
-        sys.path.insert(0, str(extra))
-
-from _common import (  # noqa: E402
+from _common import (
     WrkResult,
     log,
     machine_note,
@@ -46,8 +40,9 @@ from _common import (  # noqa: E402
     start_picscale,
     wait_until,
 )
-from redis_server import start_redis  # noqa: E402
+from tests.support.redis_server import start_redis
 
+BENCH_DIR = Path(__file__).resolve().parent
 ZIPF_SCRIPT = BENCH_DIR / "zipf.lua"
 ALPHA = 1.0
 SERVER_CPU, WRK_CPU = 0, 1

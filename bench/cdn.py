@@ -26,20 +26,14 @@ from __future__ import annotations
 import argparse
 import random
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-BENCH_DIR = Path(__file__).resolve().parent
-for extra in (BENCH_DIR, BENCH_DIR.parent / "tests"):
-    if str(extra) not in sys.path:
-        sys.path.insert(0, str(extra))
+import httpx
+import pyvips
 
-import httpx  # noqa: E402
-import pyvips  # noqa: E402
-
-from _common import (  # noqa: E402
+from _common import (
     free_port,
     log,
     machine_note,
@@ -48,9 +42,10 @@ from _common import (  # noqa: E402
     start_picscale,
     wait_until,
 )
-from cache import cold_floor, metric_sum, seed  # noqa: E402
-from varnish_server import VarnishServer  # noqa: E402
+from cache import cold_floor, metric_sum, seed
+from tests.support.varnish_server import VarnishServer
 
+BENCH_DIR = Path(__file__).resolve().parent
 ZIPF_SCRIPT = BENCH_DIR / "zipf.lua"
 SERVER_CPU, WRK_CPU = 0, 1
 MEDIA = r'picscale_http_requests_total\{.*route="/media/'

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import io
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -22,13 +21,8 @@ from pathlib import Path
 
 import httpx
 
-BENCH_DIR = Path(__file__).resolve().parent
-for extra in (BENCH_DIR, BENCH_DIR.parent / "tests"):
-    if str(extra) not in sys.path:
-        sys.path.insert(0, str(extra))
-
-from _common import log, machine_note, sign_up, start_picscale, wait_until  # noqa: E402
-from patroni_cluster import start_patroni_cluster  # noqa: E402
+from _common import log, machine_note, sign_up, start_picscale, wait_until
+from tests.support.patroni_cluster import start_patroni_cluster
 
 CLIENT_BACKOFF = 0.1
 

@@ -24,11 +24,7 @@ from typing import Any
 
 import httpx
 
-BENCH_DIR = Path(__file__).resolve().parent
-if str(BENCH_DIR) not in sys.path:
-    sys.path.insert(0, str(BENCH_DIR))
-
-from _common import (  # noqa: E402
+from _common import (
     HOST,
     Process,
     WrkResult,
@@ -45,6 +41,7 @@ from _common import (  # noqa: E402
     wait_photo_ready,
 )
 
+BENCH_DIR = Path(__file__).resolve().parent
 BODY_ENV = "PICSCALE_BENCH_HELLO_BODY"
 TARGET_RATIO = 0.50
 

@@ -25,28 +25,22 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import os
+import signal
+import sqlite3
 import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 
-BENCH_DIR = Path(__file__).resolve().parent
-for extra in (BENCH_DIR, BENCH_DIR.parent / "tests"):
-    if str(extra) not in sys.path:
-        sys.path.insert(0, str(extra))
+import httpx
+import pyvips
 
-import json  # noqa: E402
-import os  # noqa: E402
-import signal  # noqa: E402
-import sqlite3  # noqa: E402
-import tempfile  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-from concurrent.futures import ThreadPoolExecutor  # noqa: E402
-from datetime import datetime  # noqa: E402
-
-import httpx  # noqa: E402
-import pyvips  # noqa: E402
-
-from _common import (  # noqa: E402
+from _common import (
     Process,
     clean_env,
     log,
@@ -57,7 +51,7 @@ from _common import (  # noqa: E402
     upload,
     wait_until,
 )
-from rabbitmq_server import start_rabbitmq  # noqa: E402
+from tests.support.rabbitmq_server import start_rabbitmq
 
 WIDTH, HEIGHT = 1600, 1200
 LEASE_SECONDS = 5  # the lease backend's recovery time after a kill

@@ -25,13 +25,8 @@ from pathlib import Path
 
 import httpx
 
-BENCH_DIR = Path(__file__).resolve().parent
-for extra in (BENCH_DIR, BENCH_DIR.parent / "tests"):
-    if str(extra) not in sys.path:
-        sys.path.insert(0, str(extra))
-
-from _common import log, machine_note, sign_up, start_picscale  # noqa: E402
-from pg import start_postgres  # noqa: E402
+from _common import log, machine_note, sign_up, start_picscale
+from tests.support.pg import start_postgres
 
 
 def tiny_jpeg(seed: int) -> bytes:

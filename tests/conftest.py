@@ -8,17 +8,13 @@ or a virtual host of its own on them, so nothing a test leaves behind is seen by
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from pg import PostgresDatabase, PostgresServer, start_postgres
-from rabbitmq_server import PRESET_VHOSTS, RabbitServer, RabbitVhost, start_rabbitmq
-from support import Server, start_server
+from tests.support.pg import PostgresDatabase, PostgresServer, start_postgres
+from tests.support.picscale_server import Server, start_server
+from tests.support.rabbitmq_server import PRESET_VHOSTS, RabbitServer, RabbitVhost, start_rabbitmq
 
 
 @pytest.fixture(scope="session")

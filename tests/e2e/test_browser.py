@@ -28,7 +28,9 @@ from playwright.sync_api import (
     Error as PlaywrightError,
 )
 
-from support import Server, image_bytes, wait_until
+from tests.support.images import image_bytes
+from tests.support.picscale_server import Server
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 

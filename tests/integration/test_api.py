@@ -2,52 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
 
 import httpx
 
-from support import Server, gps_exif, image_bytes, size_of, wait_until
-
-PASSWORD = "correct horse battery"
-
-
-def new_user(server: Server, prefix: str = "u") -> tuple[httpx.Client, dict[str, str]]:
-    """A signed-up user and a client holding a bearer token for them."""
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    client = server.client()
-    created = client.post("/api/v1/users", json={"username": name, "password": PASSWORD})
-    assert created.status_code == 201, created.text
-    session = client.post("/api/v1/sessions", json={"username": name, "password": PASSWORD})
-    assert session.status_code == 201, session.text
-    client.cookies.clear()
-    client.headers["Authorization"] = f"Bearer {session.json()['token']}"
-    return client, created.json()
-
-
-def upload(client: httpx.Client, data: bytes, name: str = "p.jpg", caption: str = "") -> dict:
-    r = client.post(
-        "/api/v1/photos", files={"file": (name, data, "image/jpeg")}, data={"caption": caption}
-    )
-    assert r.status_code == 201, r.text
-    return r.json()
-
-
-def wait_ready(client: httpx.Client, photo_id: str) -> dict:
-    def ready() -> dict | None:
-        body = client.get(f"/api/v1/photos/{photo_id}").json()
-        return body if body["status"] == "ready" else None
-
-    return wait_until(ready, timeout=60, what=f"photo {photo_id} to be ready")
-
-
-def wait_job(client: httpx.Client, job_id: str) -> dict:
-    def done() -> dict | None:
-        body = client.get(f"/api/v1/jobs/{job_id}").json()
-        return body if body["status"] in ("done", "failed") else None
-
-    return wait_until(done, timeout=60, what=f"job {job_id}")
+from tests.support.api import PASSWORD, job_events, new_user, upload, wait_job, wait_ready
+from tests.support.images import gps_exif, image_bytes, size_of
+from tests.support.picscale_server import Server
+from tests.support.waiting import wait_until
 
 
 def test_sign_up_log_in_me_and_log_out(server: Server) -> None:
@@ -275,21 +238,6 @@ def test_the_chain_of_edits_on_one_photo_is_bounded(server: Server) -> None:
     assert refused.status_code == 422
     assert "upload it as a new photo" in refused.json()["detail"]
     assert client.get(f"/api/v1/photos/{photo['id']}").json()["version"] == 6
-
-
-def job_events(client: httpx.Client, job_id: str) -> list[dict]:
-    """Every `status` event of a job's stream, until the server ends it."""
-    events: list[dict] = []
-    with client.stream("GET", f"/api/v1/jobs/{job_id}/events", timeout=60) as r:
-        assert r.status_code == 200, r.read()
-        assert r.headers["content-type"].startswith("text/event-stream")
-        kind = None
-        for line in r.iter_lines():
-            if line.startswith("event:"):
-                kind = line.split(":", 1)[1].strip()
-            elif line.startswith("data:") and kind == "status":
-                events.append(json.loads(line.split(":", 1)[1]))
-    return events
 
 
 def test_a_jobs_progress_streams_live_until_it_ends(server: Server) -> None:

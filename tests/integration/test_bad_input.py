@@ -8,9 +8,10 @@ import io
 import httpx
 import pytest
 import pyvips
-from test_api import new_user, upload, wait_ready
 
-from support import Server, image_bytes
+from tests.support.api import new_user, upload, wait_ready
+from tests.support.images import image_bytes
+from tests.support.picscale_server import Server
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_api import new_user, upload, wait_ready
 
-from support import Server, free_port, image_bytes, start_server, wait_until
-from varnish_server import VarnishServer, start_varnish
+from tests.support.api import new_user, upload, wait_ready
+from tests.support.images import image_bytes
+from tests.support.picscale_server import Server, start_server
+from tests.support.ports import free_port
+from tests.support.varnish_server import VarnishServer, start_varnish
+from tests.support.waiting import wait_until
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 

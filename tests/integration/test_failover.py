@@ -10,10 +10,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_api import new_user
 
-from patroni_cluster import PatroniCluster, start_patroni_cluster
-from support import image_bytes, running_server, wait_until
+from tests.support.api import new_user
+from tests.support.images import image_bytes
+from tests.support.patroni_cluster import PatroniCluster, start_patroni_cluster
+from tests.support.picscale_server import running_server
+from tests.support.waiting import wait_until
 
 RETRY_PAUSE = 0.1  # a client backing off between failed writes
 

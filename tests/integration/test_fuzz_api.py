@@ -9,9 +9,10 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
-from test_api import new_user, upload, wait_ready
 
-from support import Server, image_bytes, start_server
+from tests.support.api import new_user, upload, wait_ready
+from tests.support.images import image_bytes
+from tests.support.picscale_server import Server, start_server
 
 
 @pytest.fixture(scope="module")

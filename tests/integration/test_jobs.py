@@ -15,7 +15,8 @@ from picscale.services import build_services
 from picscale.settings import load_settings
 from picscale.tiers.db.migrate import upgrade
 from picscale.worker import Worker
-from support import async_wait_until, image_bytes
+from tests.support.images import image_bytes
+from tests.support.waiting import async_wait_until
 
 
 async def test_running_a_job_twice_makes_one_version(tmp_path: Path) -> None:

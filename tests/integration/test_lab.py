@@ -22,7 +22,8 @@ import pytest
 
 from picscale.lab.drills import DRILLS, ZERO_FAILURES
 from picscale.procs import alive
-from support import image_bytes, wait_until
+from tests.support.images import image_bytes
+from tests.support.waiting import wait_until
 
 PASSWORD = "correct horse battery"
 STAGE_8 = {

@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 from picscale.load.runner import verify_writes
-from support import free_port, running_server
+from tests.support.picscale_server import running_server
+from tests.support.ports import free_port
 
 ROUTES = [
     "POST /api/v1/users",

@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pg import PostgresDatabase
-from support import base_env
+from tests.support.pg import PostgresDatabase
+from tests.support.picscale_server import base_env
 
 
 def picscale(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from test_api import new_user, upload
-
-from support import image_bytes, running_server
+from tests.support.api import new_user, upload
+from tests.support.images import image_bytes
+from tests.support.picscale_server import running_server
 
 
 def test_a_processing_photo_page_listens_to_its_job(tmp_path: Path) -> None:

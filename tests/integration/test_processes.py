@@ -11,9 +11,11 @@ from pathlib import Path
 import httpx
 import pytest
 import pyvips
-from test_api import new_user, upload, wait_job, wait_ready
 
-from support import base_env, running_server, start_process, wait_until
+from tests.support.api import new_user, upload, wait_job, wait_ready
+from tests.support.images import image_bytes
+from tests.support.picscale_server import base_env, running_server, start_process
+from tests.support.waiting import wait_until
 
 
 def test_write_through_one_process_read_through_another(tmp_path: Path) -> None:
@@ -74,8 +76,6 @@ def test_many_web_processes_share_invalidations(tmp_path: Path) -> None:
 
 
 def _jpeg(width: int = 640, height: int = 480) -> bytes:
-    from support import image_bytes
-
     return image_bytes(width, height)
 
 

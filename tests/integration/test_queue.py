@@ -14,10 +14,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from test_api import new_user, upload, wait_ready
 
-from rabbitmq_server import RabbitServer, RabbitVhost, start_rabbitmq
-from support import Process, base_env, image_bytes, running_server, start_process, wait_until
+from tests.support.api import new_user, upload, wait_ready
+from tests.support.images import image_bytes
+from tests.support.picscale_server import Process, base_env, running_server, start_process
+from tests.support.rabbitmq_server import RabbitServer, RabbitVhost, start_rabbitmq
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture(params=["lease", "amqp"])

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import re
 import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from test_api import PASSWORD, new_user, upload, wait_job, wait_ready
 
-from redis_server import RedisServer, start_redis
-from support import Server, image_bytes, running_server, start_server, wait_until
+from tests.support.api import PASSWORD, job_events, new_user, upload, wait_job, wait_ready
+from tests.support.images import image_bytes
+from tests.support.metrics import cache_events, metric_values
+from tests.support.picscale_server import Server, running_server, start_server
+from tests.support.redis_server import RedisServer, start_redis
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -41,25 +43,6 @@ def pair(
     yield first, second
     second.close()
     first.close()
-
-
-def cache_events(server: Server) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for line in httpx.get(server.url + "/metrics").text.splitlines():
-        match = re.match(r'picscale_cache_events_total\{event="(\w+)"\} ([0-9.e+]+)', line)
-        if match:
-            out[match.group(1)] = float(match.group(2))
-    return out
-
-
-def metric_values(server: Server, name: str) -> dict[str, float]:
-    """``name``'s samples by their label text (``""`` when it has none)."""
-    out: dict[str, float] = {}
-    for line in httpx.get(server.url + "/metrics").text.splitlines():
-        match = re.match(re.escape(name) + r"(?:\{(.*)\})? ([0-9.e+-]+)$", line)
-        if match:
-            out[match.group(1) or ""] = float(match.group(2))
-    return out
 
 
 def test_a_session_made_on_one_server_works_on_the_other(pair: tuple[Server, Server]) -> None:
@@ -341,8 +324,6 @@ def test_a_fill_that_raced_a_write_stores_nothing(redis_cache: RedisServer) -> N
 def test_job_progress_reaches_a_stream_on_the_other_server(pair: tuple[Server, Server]) -> None:
     """The worker runs beside the first server; the stream is held by the second, woken
     through Redis pub/sub."""
-    from test_api import job_events
-
     first, second = pair
     client, _ = new_user(first)
     photo = wait_ready(client, upload(client, image_bytes(300, 200))["id"])

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_api import new_user
 
-from redis_sentinel import SentinelGroup, start_sentinel_group
-from redis_sentinel import _ask as ask
-from support import running_server, wait_until
+from tests.support.api import new_user
+from tests.support.picscale_server import running_server
+from tests.support.redis_sentinel import SentinelGroup, start_sentinel_group
+from tests.support.redis_sentinel import _ask as ask
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture

@@ -8,12 +8,14 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from test_api import new_user, upload
-from test_redis import cache_events, metric_values
 
-from pg import PostgresServer, start_postgres
-from support import Server, image_bytes, start_server, wait_until
-from tcp_proxy import TcpProxy
+from tests.support.api import new_user, upload
+from tests.support.images import image_bytes
+from tests.support.metrics import cache_events, metric_values
+from tests.support.pg import PostgresServer, start_postgres
+from tests.support.picscale_server import Server, start_server
+from tests.support.tcp_proxy import TcpProxy
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture(scope="module")

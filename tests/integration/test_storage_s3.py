@@ -1,7 +1,7 @@
 """The S3 media store, `picscale media migrate`, and the app on S3.
 
 S3 is the one tier tested against a mock: no S3-compatible server can be installed from
-Debian (or PyPI) here, so these tests run against `moto_server` (see tests/moto_server.py),
+Debian (or PyPI) here, so these tests run against `moto_server` (see tests/support/moto_server.py),
 started on a free loopback port. The client under test is the real aiobotocore one,
 making real HTTP requests; everything else in the app (granian, the worker, SQLite) is
 real too.
@@ -21,16 +21,18 @@ from typing import TYPE_CHECKING
 
 import httpx
 import pytest
-from test_api import new_user, upload, wait_ready
 
-from moto_server import ACCESS_KEY, REGION, SECRET_KEY, MotoServer, start_moto
 from picscale.settings import SettingsError, load_settings
 from picscale.tiers.storage import InvalidKey, MediaNotFound, create_media_store
 from picscale.tiers.storage.files import LocalMediaStore
 from picscale.tiers.storage.migrate import Progress, migrate_media
 from picscale.tiers.storage.port import CHUNK_SIZE, ChecksumMismatch
 from picscale.tiers.storage.s3 import S3MediaStore
-from support import base_env, image_bytes, running_server, wait_until
+from tests.support.api import new_user, upload, wait_ready
+from tests.support.images import image_bytes
+from tests.support.moto_server import ACCESS_KEY, REGION, SECRET_KEY, MotoServer, start_moto
+from tests.support.picscale_server import base_env, running_server
+from tests.support.waiting import wait_until
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client

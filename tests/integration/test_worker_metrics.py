@@ -6,9 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
-from test_api import new_user, upload, wait_ready
 
-from support import base_env, free_port, image_bytes, running_server, start_process, wait_until
+from tests.support.api import new_user, upload, wait_ready
+from tests.support.images import image_bytes
+from tests.support.picscale_server import base_env, running_server, start_process
+from tests.support.ports import free_port
+from tests.support.waiting import wait_until
 
 
 def test_a_worker_serves_the_metrics_of_all_its_processes(tmp_path: Path) -> None:

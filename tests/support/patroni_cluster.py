@@ -20,9 +20,10 @@ from typing import Any
 
 import httpx
 
-from pg import PG_BIN, _as_postgres, _owned_dir
 from picscale.lab.engines.patroni import patroni_node_config
-from support import free_port, wait_until
+from tests.support.pg import PG_BIN, _as_postgres, _owned_dir
+from tests.support.ports import free_port
+from tests.support.waiting import wait_until
 
 
 def _alive(pid: int) -> bool:

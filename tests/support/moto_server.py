@@ -27,7 +27,8 @@ from urllib.parse import urlencode
 
 import httpx
 
-from support import free_port, wait_until
+from tests.support.ports import free_port
+from tests.support.waiting import wait_until
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client

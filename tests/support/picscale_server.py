@@ -1,65 +1,24 @@
-"""Test support: free ports, real `picscale` processes, and images made in memory."""
+"""Real `picscale` processes (``serve``, ``worker``, ...) on free loopback ports, with their
+data in a temporary directory, stopped by their process group."""
 
 from __future__ import annotations
 
-import asyncio
-import io
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
-from PIL import Image
+
+from tests.support.ports import free_port
+from tests.support.waiting import wait_until
 
 START_TIMEOUT = 60.0
-POLL_INTERVAL = 0.05
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def wait_until(
-    condition: Callable[[], Any], *, timeout: float = 30.0, interval: float = 0.05, what: str = ""
-) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    last_error: BaseException | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = condition()
-            if value:
-                return value
-        except (httpx.HTTPError, OSError) as exc:
-            last_error = exc
-        time.sleep(interval)  # polling interval of a wait loop, not a fixed sleep
-    raise AssertionError(
-        f"timed out after {timeout}s waiting for {what or condition}: {last_error}"
-    )
-
-
-async def async_wait_until(
-    condition: Callable[[], Awaitable[Any]], *, within: float = 30.0, what: str = ""
-) -> Any:
-    """``wait_until`` for coroutines: poll until truthy, fail after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        value = await condition()
-        if value:
-            return value
-        await asyncio.sleep(POLL_INTERVAL)
-    raise AssertionError(f"timed out after {within}s waiting for {what or condition}")
 
 
 def base_env(data_dir: Path, **settings: Any) -> dict[str, str]:
@@ -174,41 +133,3 @@ def running_server(data_dir: Path, **kwargs: Any) -> Iterator[Server]:
         yield server
     finally:
         server.close()
-
-
-# -- images ------------------------------------------------------------------------------
-
-
-def image_bytes(
-    width: int = 640,
-    height: int = 480,
-    fmt: str = "JPEG",
-    *,
-    exif: Image.Exif | None = None,
-    color: tuple[int, int, int] = (200, 80, 40),
-) -> bytes:
-    img = Image.new("RGB", (width, height), color)
-    # some structure, so crops and blurs change something
-    for x in range(0, width, max(1, width // 16)):
-        for y in range(height):
-            img.putpixel((x, y), (0, 0, 0))
-    out = io.BytesIO()
-    kwargs: dict[str, Any] = {}
-    if exif is not None:
-        kwargs["exif"] = exif
-    img.save(out, fmt, **kwargs)
-    return out.getvalue()
-
-
-def gps_exif(orientation: int = 1) -> Image.Exif:
-    exif = Image.Exif()
-    exif[0x0112] = orientation
-    exif[0x010F] = "PicscaleTestCamera"
-    gps = {1: "N", 2: (37.0, 33.0, 58.0), 3: "E", 4: (126.0, 58.0, 40.0)}
-    exif[0x8825] = gps
-    return exif
-
-
-def size_of(data: bytes) -> tuple[int, int]:
-    with Image.open(io.BytesIO(data)) as img:
-        return img.size

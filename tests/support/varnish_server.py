@@ -15,7 +15,8 @@ from pathlib import Path
 import httpx
 
 from picscale.tiers.edge.varnish import render_vcl
-from support import free_port, wait_until
+from tests.support.ports import free_port
+from tests.support.waiting import wait_until
 
 VARNISHD = "/usr/sbin/varnishd"
 

@@ -10,8 +10,9 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from redis_server import RedisServer
-from support import free_port, wait_until
+from tests.support.ports import free_port
+from tests.support.redis_server import RedisServer
+from tests.support.waiting import wait_until
 
 MASTER = "picscale"
 

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from support import free_port, wait_until
+from tests.support.ports import free_port
+from tests.support.waiting import wait_until
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 DATABASE = "picscale"
