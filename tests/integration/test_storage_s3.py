@@ -4,7 +4,8 @@ S3 is the one tier tested against a mock: no S3-compatible server can be install
 Debian (or PyPI) here, so these tests run against `moto_server` (see tests/support/moto_server.py),
 started on a free loopback port. The client under test is the real aiobotocore one,
 making real HTTP requests; everything else in the app (granian, the worker, SQLite) is
-real too.
+real too. What every media store promises (missing keys, path tricks, streams, checksums)
+is tested over every backend in test_storage_contract.py; here, what is S3's own.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import httpx
 import pytest
 
 from picscale.settings import SettingsError, load_settings
-from picscale.tiers.storage import InvalidKey, MediaNotFound, create_media_store
+from picscale.tiers.storage import MediaNotFound, create_media_store
 from picscale.tiers.storage.files import LocalMediaStore
 from picscale.tiers.storage.migrate import Progress, migrate_media
 from picscale.tiers.storage.port import CHUNK_SIZE, ChecksumMismatch
@@ -210,28 +211,6 @@ async def test_large_objects_go_up_in_parts_and_stream_down(moto: MotoServer, bu
         assert moto.call(uploads) == 0
     finally:
         await store.close()
-
-
-async def test_a_missing_key_is_media_not_found(store: S3MediaStore) -> None:
-    with pytest.raises(MediaNotFound):
-        await store.get("photos/9/v1/original.jpg")
-    with pytest.raises(MediaNotFound):
-        await store.open("photos/9/v1/original.jpg")
-    assert await store.stat("photos/9/v1/original.jpg") is None
-
-
-@pytest.mark.parametrize(
-    "key",
-    ["../etc/passwd", "photos/../../secret", "/photos/1/source", "photos//1", "Photos/1", ""],
-)
-async def test_path_tricks_are_rejected(store: S3MediaStore, key: str) -> None:
-    with pytest.raises(InvalidKey):
-        await store.put(key, b"x", "image/jpeg")
-    with pytest.raises(InvalidKey):
-        await store.get(key)
-    with pytest.raises(InvalidKey):
-        await store.delete_prefix(key)
-    assert [i async for i in store.iter_objects()] == []
 
 
 async def test_a_key_prefix_keeps_a_shared_bucket_apart(moto: MotoServer, bucket: str) -> None:
