@@ -50,7 +50,7 @@ class CacheStore:
 def cache_store(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[CacheStore]:
-    """The one place the backends are set up: a server started once per backend."""
+    """What each backend needs (a server, the database), started once per backend."""
     overrides: dict[str, Any] = {"data_dir": tmp_path_factory.mktemp("cache")}
     with contextlib.ExitStack() as servers:
         if request.param == "memory-sqlite":
@@ -98,6 +98,7 @@ OpenCache = Callable[[], Awaitable[Process]]
 
 @pytest.fixture
 async def open_cache(cache_store: CacheStore) -> AsyncIterator[OpenCache]:
+    """Opens processes on the store: the one place a cache is built."""
     opened: list[Process] = []
 
     async def open_process() -> Process:

@@ -52,7 +52,7 @@ class SessionBackend:
 def session_backend(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[SessionBackend]:
-    """The one place the backends are set up: a server started once per backend."""
+    """What each backend needs (a server, the database), started once per backend."""
     overrides: dict[str, Any] = {"data_dir": tmp_path_factory.mktemp("sessions")}
     with contextlib.ExitStack() as servers:
         redis_port: int | None = None
@@ -117,6 +117,7 @@ OpenSessions = Callable[..., Awaitable[Process]]
 
 @pytest.fixture
 async def open_sessions(session_backend: SessionBackend) -> AsyncIterator[OpenSessions]:
+    """Opens processes on the store: the one place a session store is built."""
     opened: list[Process] = []
 
     async def open_process(ttl_seconds: int | None = None) -> Process:

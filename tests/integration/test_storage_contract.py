@@ -49,7 +49,7 @@ class StorageBackend:
 def storage_backend(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[StorageBackend]:
-    """The one place the backends are set up: moto started once for the S3 ones."""
+    """What each backend needs (moto_server for S3), started once per backend."""
     with contextlib.ExitStack() as servers:
         if request.param == "file":
 
@@ -75,7 +75,8 @@ OpenStore = Callable[[], Awaitable[MediaStore]]
 
 @pytest.fixture
 async def open_store(storage_backend: StorageBackend, tmp_path: Path) -> AsyncIterator[OpenStore]:
-    """Stores on one new, empty location (a directory, a bucket): one per process."""
+    """Opens processes on one new, empty location (a directory, a bucket): the one place
+    a media store is built."""
     url = storage_backend.new_location()
     opened: list[MediaStore] = []
 
