@@ -3,10 +3,12 @@ data in a temporary directory, stopped by their process group."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -16,7 +18,7 @@ from typing import Any
 import httpx
 
 from tests.support.ports import free_port
-from tests.support.waiting import wait_until
+from tests.support.waiting import POLL_INTERVAL, wait_until
 
 START_TIMEOUT = 60.0
 
@@ -53,6 +55,28 @@ class Process:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+        self._stop_leftovers()
+
+    def _stop_leftovers(self, timeout: float = 10.0) -> None:
+        """Its children can outlive it: a granian worker still starting up when the
+        SIGTERM came never acts on it (seen on a busy machine, when a server took longer
+        than START_TIMEOUT to be ready). What is left of the group goes too."""
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, timeout)):
+            if not _group_alive(self.proc.pid):
+                return
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, sig)
+            deadline = time.monotonic() + wait
+            while _group_alive(self.proc.pid) and time.monotonic() < deadline:
+                time.sleep(POLL_INTERVAL)  # polling the group, not a fixed sleep
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def start_process(args: list[str], env: dict[str, str], log_path: Path) -> Process:
