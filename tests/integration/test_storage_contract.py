@@ -11,7 +11,6 @@ process would have: what one stores, another reads.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import uuid
@@ -30,7 +29,7 @@ from picscale.tiers.storage import (
     create_media_store,
 )
 from picscale.tiers.storage.port import CHUNK_SIZE
-from tests.support.moto_server import start_moto
+from tests.support.moto_server import MotoServer, start_moto
 
 
 @dataclass
@@ -45,29 +44,33 @@ class StorageBackend:
         return {sha256(data)} if self.keeps_checksums else {None, sha256(data)}
 
 
+@pytest.fixture(scope="module")
+def moto() -> Iterator[MotoServer]:
+    server = start_moto()
+    yield server
+    server.close()
+
+
 @pytest.fixture(scope="module", params=["file", "s3", "s3-prefixed"])
 def storage_backend(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[StorageBackend]:
-    """What each backend needs (moto_server for S3), started once per backend."""
-    with contextlib.ExitStack() as servers:
-        if request.param == "file":
+) -> StorageBackend:
+    """What each backend needs (one moto_server for the S3 ones)."""
+    if request.param == "file":
 
-            def new_directory() -> str:
-                return f"file://{tmp_path_factory.mktemp('media')}"
+        def new_directory() -> str:
+            return f"file://{tmp_path_factory.mktemp('media')}"
 
-            yield StorageBackend(request.param, new_directory, keeps_checksums=False)
-            return
-        moto = start_moto()
-        servers.callback(moto.close)
-        prefix = "tenant-a/media" if request.param == "s3-prefixed" else ""
+        return StorageBackend(request.param, new_directory, keeps_checksums=False)
+    moto: MotoServer = request.getfixturevalue("moto")
+    prefix = "tenant-a/media" if request.param == "s3-prefixed" else ""
 
-        def new_bucket() -> str:
-            bucket = f"media-{uuid.uuid4().hex[:12]}"
-            moto.create_bucket(bucket)
-            return moto.url(bucket, prefix=prefix)
+    def new_bucket() -> str:
+        bucket = f"media-{uuid.uuid4().hex[:12]}"
+        moto.create_bucket(bucket)
+        return moto.url(bucket, prefix=prefix)
 
-        yield StorageBackend(request.param, new_bucket, keeps_checksums=True)
+    return StorageBackend(request.param, new_bucket, keeps_checksums=True)
 
 
 OpenStore = Callable[[], Awaitable[MediaStore]]
