@@ -255,6 +255,24 @@ GARBAGE_TOKENS = [
 ]
 
 
+async def test_an_ended_session_stays_ended_when_another_process_saves_it(
+    open_sessions: OpenSessions,
+) -> None:
+    """A process that read a session before another ended it (a log-out, a password
+    change) may still save it (its read-your-writes position, its sliding expiry): the
+    save must not bring the session back."""
+    one, other = await open_sessions(), await open_sessions()
+    session = await one.sessions.create(await one.new_user(), {"n": 1})
+    await other.sessions.delete(session.token)
+    session.data["n"] = 2
+    await one.sessions.update(session)
+    assert await other.sessions.get(session.token) is None
+    ended = await one.sessions.create(await one.new_user())
+    await other.sessions.delete_for_user(ended.user_id)
+    await one.sessions.update(ended)
+    assert await one.sessions.get(ended.token) is None
+
+
 async def test_unknown_and_garbage_tokens_find_nothing(open_sessions: OpenSessions) -> None:
     one = await open_sessions()
     real = await one.sessions.create(await one.new_user())

@@ -33,9 +33,18 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 REPLICA_WAIT_MS = 500
 
-# one atomic command, so that WAIT (which covers this connection's writes) can follow it
+# one atomic command, so that WAIT (which covers this connection's writes) can follow it;
+# a save of an existing session (ARGV[5] = "existing") never brings back one that ended
 _SAVE = """
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+local stored
+if ARGV[5] == 'existing' then
+  stored = redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'XX')
+else
+  stored = redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
+if not stored then
+  return 0
+end
 redis.call('SADD', KEYS[2], ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 return 1
@@ -98,10 +107,15 @@ class RedisSessionStore:
     def _store(self, session: Session) -> bytes:
         return _encode(_Stored(session.user_id, session.expires_at.timestamp(), session.data))
 
-    async def _save(self, digest: str, session: Session, *, durable: bool = False) -> None:
+    async def _save(
+        self, digest: str, session: Session, *, durable: bool = False, new: bool = False
+    ) -> None:
+        """Store ``session``; unless ``new``, only while it exists: a process that read it
+        before another ended it (a log-out, a password change) must not bring it back."""
         ms = max(1, int((session.expires_at - utcnow()).total_seconds() * 1000))
         keys = (PREFIX + digest, USER_PREFIX + str(session.user_id))
-        args = (self._store(session), ms, digest, int(self._ttl.total_seconds() * 1000))
+        ttl = int(self._ttl.total_seconds() * 1000)
+        args = (self._store(session), ms, digest, ttl, "new" if new else "existing")
 
         async def save(client: Redis) -> None:
             await client.eval(_SAVE, 2, *keys, *args)
@@ -114,7 +128,7 @@ class RedisSessionStore:
     async def create(self, user_id: int, data: dict[str, Any] | None = None) -> Session:
         token = secrets.token_urlsafe(32)
         session = Session(token, user_id, utcnow() + self._ttl, dict(data or {}))
-        await self._save(token_digest(token), session, durable=True)
+        await self._save(token_digest(token), session, durable=True, new=True)
         return session
 
     async def get(self, token: str) -> Session | None:
