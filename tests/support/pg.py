@@ -85,7 +85,7 @@ class PostgresServer:
                 "-c",
                 "max_connections=200",
                 "-c",
-                "wal_level=replica",
+                "wal_level=logical",  # shard moves stream rows by logical replication
                 "-c",
                 "hot_standby=on",
                 "-c",

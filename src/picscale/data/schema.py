@@ -162,13 +162,18 @@ jobs = Table(
 sessions = Table(
     "sessions",
     metadata,
+    # on the user's shard: the token is "<user id>.<secret>", so it routes by its user
+    Column(
+        "user_id",
+        BigInteger,
+        ForeignKey("users.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
     Column("id", String(64), primary_key=True),  # sha256 of the token, never the token
-    Column("user_id", BigInteger, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
     Column("data", JSON, nullable=False),
     Column("created_at", UtcDateTime(), nullable=False),
     Column("expires_at", UtcDateTime(), nullable=False),
     Index("ix_sessions_expires_at", "expires_at"),
-    Index("ix_sessions_user_id", "user_id"),
 )
 
 login_failures = Table(
@@ -192,3 +197,143 @@ cache_invalidations = Table(
     # AUTOINCREMENT: SQLite must never reuse a sequence number after a prune
     sqlite_autoincrement=True,
 )
+
+
+# -- stage 9: sharding ---------------------------------------------------------------------
+#
+# Sharded tables (a user's and everything the user owns) have a primary key that begins
+# with a sharded id, so that a shard move can stream them with a row filter on the key.
+# Global tables live on the map's home cluster (the first of the layout) and never move.
+
+# the followee's side of a follow, on the followee's shard: written by a job from the
+# outbox of the follow's own transaction (the truth is ``follows``, on the follower's)
+followers = Table(
+    "followers",
+    metadata,
+    Column(
+        "followee_id",
+        BigInteger,
+        ForeignKey("users.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("follower_id", BigInteger, primary_key=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+)
+
+# hot counters (a celebrity's follower count), split over slots: an increment changes
+# one random slot, so concurrent increments rarely wait for each other's row lock
+user_counters = Table(
+    "user_counters",
+    metadata,
+    Column(
+        "user_id",
+        BigInteger,
+        ForeignKey("users.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("slot", Integer, primary_key=True),
+    Column("followers", BigInteger, nullable=False, server_default="0"),
+)
+
+# the home feed's timelines when there is no Redis: photo ids, capped per user
+timelines = Table(
+    "timelines",
+    metadata,
+    Column("user_id", BigInteger, primary_key=True),
+    Column("photo_id", BigInteger, primary_key=True),
+)
+
+timeline_state = Table(
+    "timeline_state",
+    metadata,
+    Column("user_id", BigInteger, primary_key=True),  # a row: the timeline is warm
+    Column("built_at", UtcDateTime(), nullable=False),
+)
+
+# global: a username's owner, whatever the owner's shard (unique across every cluster)
+usernames = Table(
+    "usernames",
+    metadata,
+    Column("username", String(32), primary_key=True),
+    Column("user_id", BigInteger, nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+)
+
+# global: the shard map's versions (the embedded map store; etcd in the lab)
+shard_map = Table(
+    "shard_map",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("body", Text, nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+)
+
+# global: the node numbers processes hold while they mint ids (no two at once)
+id_nodes = Table(
+    "id_nodes",
+    metadata,
+    Column("node", Integer, primary_key=True, autoincrement=False),
+    Column("holder", String(128), nullable=False),
+    Column("expires_at", UtcDateTime(), nullable=False),
+)
+
+# global: shard moves, one row per move, its step and what it needs to resume
+shard_moves = Table(
+    "shard_moves",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("first", Integer, nullable=False),
+    Column("last", Integer, nullable=False),
+    Column("source", String(32), nullable=False),
+    Column("target", String(32), nullable=False),
+    Column("step", String(32), nullable=False),
+    Column("state", String(16), nullable=False),  # running | done | aborted | failed
+    Column("detail", JSON, nullable=False),
+    Column("error", Text, nullable=True),
+    Column("started_at", UtcDateTime(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+)
+
+# on every cluster: logical shards whose writes wait (a move's last moment)
+shard_fences = Table(
+    "shard_fences",
+    metadata,
+    Column("first", Integer, primary_key=True, autoincrement=False),
+    Column("last", Integer, nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+)
+
+# on every cluster: a row written under a move's fence, with an id on a moving shard:
+# once it has arrived at the target, everything written before the fence has too
+shard_move_markers = Table(
+    "shard_move_markers",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+)
+
+# global: recent traffic by logical shard (each process adds its counts every few
+# seconds), for ``shards status`` and ``shards rebalance`` to find hot shards
+shard_traffic = Table(
+    "shard_traffic",
+    metadata,
+    Column("shard", Integer, primary_key=True, autoincrement=False),
+    Column("minute", BigInteger, primary_key=True, autoincrement=False),  # unix time // 60
+    Column("reads", BigInteger, nullable=False, server_default="0"),
+    Column("writes", BigInteger, nullable=False, server_default="0"),
+)
+
+# the sharded tables and the column whose id carries the shard (first in the key)
+SHARDED = {
+    "users": "id",
+    "photos": "id",
+    "photo_versions": "photo_id",
+    "follows": "follower_id",
+    "followers": "followee_id",
+    "user_counters": "user_id",
+    "jobs": "id",
+    "sessions": "user_id",
+    "timelines": "user_id",
+    "timeline_state": "user_id",
+    "shard_move_markers": "id",
+}

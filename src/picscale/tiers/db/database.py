@@ -37,6 +37,15 @@ class DatabaseUnavailable(Exception):
     again shortly."""
 
 
+class ShardMoving(DatabaseUnavailable):
+    """A write touched a logical shard that is fenced for a move's last moment: it was
+    rolled back; it succeeds once the map names the shard's new cluster (retry)."""
+
+
+# raised by the fence trigger (resharding) on a write to a fenced logical shard
+FENCE_SQLSTATE = "PS001"
+
+
 class WriteTx:
     """One write transaction on the primary, with actions to run once it has committed."""
 
@@ -160,12 +169,22 @@ class Database:
         dialect: str,
         replicas: ReplicaSet | None = None,
         failover_wait: float = 0.0,
+        *,
+        name: str = "c1",
+        dsn: str = "",
     ) -> None:
+        self.name = name  # the cluster's name in the shard layout
+        self.dsn = dsn  # libpq's form of the primary's URL (a shard move subscribes to it)
         self._failover_wait = failover_wait
         self._primary = primary
         self._reader = reader
         self.dialect = dialect
         self.replicas = replicas
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The primary's engine (tier plumbing: shard moves, maintenance)."""
+        return self._primary
 
     @property
     def reader_for_primary(self) -> AsyncEngine:
