@@ -32,7 +32,8 @@ def test_id_layout_round_trips(ms: int, shard: int, seq: int) -> None:
 
 def test_ids_are_unique_ordered_and_carry_time_and_shard() -> None:
     gen = IdGenerator(8192)
-    ids = [gen.next_id(42) for _ in range(5000)]  # more than one millisecond's sequence
+    gen.set_node(0)
+    ids = [gen.next_id(42) for _ in range(5000)]  # more than one millisecond's counter
     assert len(set(ids)) == len(ids)
     assert ids == sorted(ids)
     assert {shard_of(i) for i in ids} == {42}
