@@ -170,6 +170,7 @@ def _with_queue(data_dir: Path | None, action: Callable[[Any], Awaitable[T]]) ->
     async def run() -> T:
         services = build_services(_settings(data_dir=data_dir))
         try:
+            await services.start(mint_ids=False)
             return await action(services.queue)
         finally:
             await services.close()

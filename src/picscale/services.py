@@ -5,8 +5,11 @@ Both the web app and the worker are built from here; nothing is created at impor
 
 from __future__ import annotations
 
+import os
+import socket
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from picscale.domain.photos import Photos
 from picscale.domain.social import Social
@@ -15,8 +18,9 @@ from picscale.ids import IdGenerator
 from picscale.observability.metrics import Metrics
 from picscale.settings import Settings
 from picscale.tiers.cache import Cache, create_cache
-from picscale.tiers.db import Database, create_database
+from picscale.tiers.db.factory import create_shards
 from picscale.tiers.db.read_your_writes import Sticking
+from picscale.tiers.db.shards import Shards
 from picscale.tiers.edge import Edge, create_edge
 from picscale.tiers.events import JobEvents, create_job_events
 from picscale.tiers.queue import JobQueue, create_job_queue
@@ -28,7 +32,7 @@ from picscale.tiers.storage import MediaStore, create_media_store
 class Services:
     settings: Settings
     metrics: Metrics
-    db: Database
+    shards: Shards  # the clusters of the shard layout, and the map routing to them
     cache: Cache
     sessions: SessionStore
     queue: JobQueue
@@ -41,31 +45,53 @@ class Services:
     edge: Edge
     sticking: Sticking  # read-your-writes: a user's last write, kept in their session
 
+    _started: bool = False
+    _node_lease: Any = None
+
+    async def start(self, *, mint_ids: bool = True) -> None:
+        """Load the shard map (and follow it), and hold an id node number: what every
+        process does before it serves or works. ``mint_ids`` False for tools that
+        only read."""
+        if self._started:
+            return
+        from picscale.data.id_nodes import NodeLease
+        from picscale.tiers.db.map_store import create_map_store
+
+        store = create_map_store(self.settings.shards.map_url, self.shards.home)
+        await self.shards.start(store)
+        if mint_ids:
+            holder = f"{socket.gethostname()}:{os.getpid()}"
+            self._node_lease = NodeLease(self.shards.home, self.ids, holder)
+            await self._node_lease.start()
+        self._started = True
+
     async def close(self) -> None:
+        if self._node_lease is not None:
+            await self._node_lease.stop()
         await self.edge.close()
         await self.events.close()
         await self.queue.close()
         await self.cache.close()
         await self.storage.close()
-        await self.db.dispose()
+        await self.shards.dispose()
 
 
 def build_services(settings: Settings, metrics: Metrics | None = None) -> Services:
     metrics = metrics or Metrics()
-    db = create_database(settings, metrics)
-    cache = create_cache(settings, db, metrics)
+    shards = create_shards(settings, metrics)
+    cache = create_cache(settings, shards, metrics)
     storage = create_media_store(settings)
-    queue = create_job_queue(settings, db)
+    queue = create_job_queue(settings, shards)
     ids = IdGenerator(settings.shards.logical)
     edge = create_edge(settings, metrics)
     throttle = LoginThrottle(
-        db,
+        shards,
         per_account=settings.login.failures_per_account,
         per_address=settings.login.failures_per_address,
         window=timedelta(seconds=settings.login.window_seconds),
     )
     photos = Photos(
-        db,
+        shards,
         cache,
         storage,
         queue,
@@ -74,23 +100,23 @@ def build_services(settings: Settings, metrics: Metrics | None = None) -> Servic
         max_upload_bytes=settings.photos.max_upload_bytes,
         max_pixels=settings.photos.max_pixels,
     )
-    sessions = create_session_store(settings, db)
+    sessions = create_session_store(settings, shards)
     return Services(
         settings=settings,
         metrics=metrics,
-        db=db,
+        shards=shards,
         cache=cache,
         sessions=sessions,
         queue=queue,
         storage=storage,
         ids=ids,
-        users=Users(db, cache, ids, throttle),
+        users=Users(shards, cache, ids, throttle),
         photos=photos,
-        social=Social(db, cache, photos, feed_ttl=settings.feed.cache_seconds),
-        events=create_job_events(settings, same_host=db.dialect == "sqlite"),
+        social=Social(shards, cache, photos, queue, ids, feed_ttl=settings.feed.cache_seconds),
+        events=create_job_events(settings, same_host=shards.dialect == "sqlite"),
         edge=edge,
         sticking=Sticking(
-            db,
+            shards,
             sessions.update,
             seconds=settings.database.sticky_seconds,
             metrics=metrics,

@@ -40,9 +40,13 @@ class WebSettings:
 
 @dataclass(frozen=True, slots=True)
 class DatabaseSettings:
-    url: str = variable("DATABASE_URL", "")  # sqlite:///path | postgresql://... ('' embedded)
-    replica_urls: str = variable("DATABASE_REPLICA_URLS", "")  # comma-separated postgresql:// URLs
-    patroni_url: str = variable("DATABASE_PATRONI_URL", "")  # Patroni REST API(s): replicas found
+    # sqlite:///path | postgresql://... ('' embedded), or a shard layout of named clusters:
+    # "c1=postgresql://...;c2=postgresql://..." (the first holds the global tables)
+    url: str = variable("DATABASE_URL", "")
+    # comma-separated postgresql:// URLs; with several clusters "c1=url,url;c2=url"
+    replica_urls: str = variable("DATABASE_REPLICA_URLS", "")
+    # Patroni REST API(s), replicas found there; per cluster as above
+    patroni_url: str = variable("DATABASE_PATRONI_URL", "")
     pool_size: int = variable("DB_POOL_SIZE", 10)
     pool_timeout_seconds: float = variable("DB_POOL_TIMEOUT_SECONDS", 10.0)
     statement_timeout_seconds: float = variable("DB_STATEMENT_TIMEOUT_SECONDS", 10.0)
@@ -59,6 +63,10 @@ class DatabaseSettings:
 class ShardSettings:
     # fixed for the life of the data: every id carries its logical shard
     logical: int = variable("LOGICAL_SHARDS", 8192)
+    # where the shard map lives: '' (a table on the first cluster) | etcd://host:port/key
+    map_url: str = variable("SHARD_MAP_URL", "")
+    # hot counters (a celebrity's follower count) are split over this many rows
+    counter_slots: int = variable("COUNTER_SLOTS", 16)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +136,12 @@ class FeedSettings:
     page_size: int = variable("FEED_PAGE_SIZE", 20)
     max_page_size: int = variable("MAX_PAGE_SIZE", 100)
     cache_seconds: float = variable("FEED_CACHE_SECONDS", 15.0)  # a first page of ids (README)
+    # hybrid fan-out: authors with more followers than this are merged in at read time
+    fanout_max_followers: int = variable("FEED_FANOUT_MAX_FOLLOWERS", 10_000)
+    fanout_batch: int = variable("FEED_FANOUT_BATCH", 1000)  # followers per fan-out job
+    timeline_max: int = variable("FEED_TIMELINE_MAX", 800)  # photo ids kept per timeline
+    # a timeline not read for this long is cold: fan-out skips it, a read rebuilds it
+    timeline_ttl_seconds: int = variable("FEED_TIMELINE_TTL_SECONDS", 3 * 24 * 3600)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +175,26 @@ class Settings:
     def resolved_database_url(self) -> str:
         return self.database.url or f"sqlite:///{(self.data_dir / 'picscale.db').resolve()}"
 
+    def database_layout(self) -> dict[str, str]:
+        """The clusters of the shard layout, by name, in order (one, ``c1``, for a
+        plain URL); the first holds the global tables (usernames, the map)."""
+        return parse_layout(self.resolved_database_url, "PICSCALE_DATABASE_URL")
+
+    def cluster_setting(self, value: str, cluster: str, variable_name: str) -> str:
+        """A per-cluster setting's value for ``cluster`` (a plain value is the first
+        cluster's when the layout has one cluster)."""
+        if not value.strip():
+            return ""
+        if "=" not in value.split(",")[0].split("://")[0]:
+            names = list(self.database_layout())
+            if len(names) > 1:
+                raise SettingsError(
+                    f"{variable_name} must name its cluster with several clusters "
+                    f"(e.g. {names[0]}=...;{names[1]}=...)"
+                )
+            return value if cluster == names[0] else ""
+        return parse_layout(value, variable_name).get(cluster, "")
+
     @property
     def resolved_storage_url(self) -> str:
         return self.storage.url or f"file://{(self.data_dir / 'media').resolve()}"
@@ -184,6 +218,28 @@ class Settings:
             ENV_PREFIX + name: str(getattr(getattr(self, section) if section else self, attr))
             for name, section, attr, _ in _variables()
         }
+
+
+def parse_layout(value: str, variable_name: str) -> dict[str, str]:
+    """``"c1=url;c2=url"`` as {name: url}; a lone URL is the cluster ``c1``."""
+    value = value.strip()
+    head = value.split(";")[0]
+    if "=" not in head.split("://")[0]:
+        return {"c1": value}
+    out: dict[str, str] = {}
+    for part in value.split(";"):
+        if not part.strip():
+            continue
+        name, sep, url = part.partition("=")
+        name = name.strip()
+        if not sep or not name.isidentifier() or not url.strip():
+            raise SettingsError(f"{variable_name}: {part!r} is not name=URL (write c1=...;c2=...)")
+        if name in out:
+            raise SettingsError(f"{variable_name}: cluster {name!r} is named twice")
+        out[name] = url.strip()
+    if not out:
+        raise SettingsError(f"{variable_name} names no cluster")
+    return out
 
 
 def _variables() -> Iterator[tuple[str, str | None, str, Any]]:

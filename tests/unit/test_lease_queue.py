@@ -16,6 +16,8 @@ from picscale.observability.metrics import Metrics
 from picscale.settings import load_settings
 from picscale.tiers.db import Database, create_database
 from picscale.tiers.db.migrate import upgrade
+from picscale.tiers.db.shard_map import ShardMap
+from picscale.tiers.db.shards import Shards
 from picscale.tiers.epoch import EpochFile
 from picscale.tiers.queue import NewJob
 from picscale.tiers.queue.lease import LeaseQueue
@@ -28,6 +30,13 @@ async def db(tmp_path: Path) -> AsyncIterator[Database]:
     database = create_database(settings, Metrics())
     yield database
     await database.dispose()
+
+
+def one_cluster(db: Database) -> Shards:
+    """A layout of this one cluster, holding every logical shard."""
+    shards = Shards({db.name: db})
+    shards.set_map(ShardMap.even([db.name]))
+    return shards
 
 
 async def enqueue(db: Database, queue: LeaseQueue, job_id: int) -> None:
@@ -48,7 +57,7 @@ async def make_due(db: Database, job_id: int) -> None:
 
 
 async def test_claim_is_exclusive_and_complete_is_transactional(db: Database) -> None:
-    queue = LeaseQueue(db, lease_seconds=30, max_attempts=3, max_crashes=3)
+    queue = LeaseQueue(one_cluster(db), lease_seconds=30, max_attempts=3, max_crashes=3)
     await enqueue(db, queue, 1)
     assert await queue.depth() == 1
     job = await queue.claim("w1")
@@ -62,7 +71,7 @@ async def test_claim_is_exclusive_and_complete_is_transactional(db: Database) ->
 
 
 async def test_rollback_leaves_no_job(db: Database) -> None:
-    queue = LeaseQueue(db, lease_seconds=30, max_attempts=3, max_crashes=3)
+    queue = LeaseQueue(one_cluster(db), lease_seconds=30, max_attempts=3, max_crashes=3)
 
     async def failing_write() -> None:
         async with db.write() as tx:
@@ -75,7 +84,7 @@ async def test_rollback_leaves_no_job(db: Database) -> None:
 
 
 async def test_failures_back_off_then_go_dead(db: Database) -> None:
-    queue = LeaseQueue(db, lease_seconds=30, max_attempts=2, max_crashes=3)
+    queue = LeaseQueue(one_cluster(db), lease_seconds=30, max_attempts=2, max_crashes=3)
     await enqueue(db, queue, 2)
     job = await queue.claim("w")
     assert job is not None
@@ -94,7 +103,7 @@ async def test_failures_back_off_then_go_dead(db: Database) -> None:
 
 
 async def test_expired_lease_returns_the_job(db: Database) -> None:
-    queue = LeaseQueue(db, lease_seconds=30, max_attempts=3, max_crashes=3)
+    queue = LeaseQueue(one_cluster(db), lease_seconds=30, max_attempts=3, max_crashes=3)
     await enqueue(db, queue, 3)
     lost = await queue.claim("dead-worker")
     assert lost is not None
@@ -122,7 +131,7 @@ async def expire(db: Database, job_id: int) -> None:
 async def test_crashes_have_their_own_limit(db: Database) -> None:
     """A job whose workers keep dying (killed by a deploy, say) keeps its attempts for
     real failures; a job that kills every worker is dead after ``max_crashes``."""
-    queue = LeaseQueue(db, lease_seconds=30, max_attempts=2, max_crashes=3)
+    queue = LeaseQueue(one_cluster(db), lease_seconds=30, max_attempts=2, max_crashes=3)
     await enqueue(db, queue, 4)
     first = await queue.claim("w0")
     assert first is not None
@@ -148,14 +157,14 @@ async def test_crashes_have_their_own_limit(db: Database) -> None:
 
 async def test_a_queued_job_wakes_waiting_workers(db: Database, tmp_path: Path) -> None:
     worker_side = LeaseQueue(
-        db,
+        one_cluster(db),
         lease_seconds=30,
         max_attempts=3,
         max_crashes=3,
         wakeup=EpochFile(tmp_path / "queue-epoch"),
     )
     web_side = LeaseQueue(
-        db,
+        one_cluster(db),
         lease_seconds=30,
         max_attempts=3,
         max_crashes=3,

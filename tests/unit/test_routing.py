@@ -24,24 +24,27 @@ def test_lsn_round_trip() -> None:
 
 def test_read_scope_keeps_the_highest_positions_and_ends() -> None:
     assert current_scope() is None
-    with job_scope({"wal": 10}) as scope:
-        scope.require(5)
+    with job_scope({"wal": {"c1": 10}}) as scope:
+        scope.require("c1", 5)
+        scope.require("c2", 7)
         assert not scope.has_written
-        scope.wrote_at(30)
-        scope.wrote_at(20)
-        assert (scope.must_see, scope.written, scope.has_written) == (10, 30, True)
+        scope.wrote_at("c1", 30)
+        scope.wrote_at("c1", 20)
+        assert (scope.must_see, scope.written) == ({"c1": 10, "c2": 7}, {"c1": 30})
+        assert scope.has_written_on("c1") and not scope.has_written_on("c2")
         assert current_scope() is scope
     assert current_scope() is None
     with request_scope() as scope:
-        assert (scope.must_see, scope.pinned) == (None, False)
+        assert (scope.must_see, scope.pinned) == ({}, False)
 
 
 def test_jobs_carry_the_position_of_the_request_that_queued_them() -> None:
     assert "wal" not in traced({"photo_id": 1})
-    with job_scope({"wal": 100}) as scope:
-        assert traced({"photo_id": 1})["wal"] == 100
-        scope.wrote_at(250)
-        assert traced({"photo_id": 1}) == {"photo_id": 1, "wal": 250}
+    with job_scope({"wal": {"c1": 100}}) as scope:
+        assert traced({"photo_id": 1})["wal"] == {"c1": 100}
+        scope.wrote_at("c1", 250)
+        scope.wrote_at("c2", 40)
+        assert traced({"photo_id": 1}) == {"photo_id": 1, "wal": {"c1": 250, "c2": 40}}
 
 
 class _PgError(Exception):

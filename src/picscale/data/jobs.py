@@ -15,6 +15,7 @@ from sqlalchemy import and_, case, delete, func, insert, or_, select, update
 from picscale.clock import utcnow
 from picscale.data.schema import jobs
 from picscale.tiers.db import Database, WriteTx
+from picscale.tiers.db.shards import Shards
 from picscale.tiers.queue.port import ClaimedJob, DeadJob, JobState, NewJob
 
 DUE = ("queued", "failed")
@@ -63,8 +64,16 @@ def _claimed(row: Any, owner: str) -> ClaimedJob:
 
 
 class JobRepository:
-    def __init__(self, db: Database) -> None:
-        self._db = db
+    """A job lives on the shard of its id (minted on the shard of what it works on, so
+    it is queued in the transaction of the write that needs it). Claims and the dead
+    letters span every cluster; the rest routes by the job's id."""
+
+    def __init__(self, shards: Shards) -> None:
+        self._shards = shards
+        self._turn = 0  # claims start at the next cluster each time: no cluster starves
+
+    def _clusters(self) -> list[Database]:
+        return list(self._shards.clusters.values())
 
     # -- queuing ---------------------------------------------------------------------
 
@@ -98,7 +107,7 @@ class JobRepository:
         )
 
     async def mark_published(self, job_id: int) -> None:
-        async with self._db.write() as tx:
+        async with self._shards.write(job_id) as tx:
             await tx.conn.execute(
                 update(jobs)
                 .where(jobs.c.id == job_id, jobs.c.published_at.is_(None))
@@ -113,7 +122,7 @@ class JobRepository:
             .order_by(jobs.c.created_at)
             .limit(limit)
         )
-        if self._db.dialect == "postgresql":
+        if self._shards.dialect == "postgresql":
             query = query.with_for_update(skip_locked=True)
         return list((await tx.conn.execute(query)).all())
 
@@ -139,7 +148,7 @@ class JobRepository:
             ),
         )
         candidate = select(jobs.c.id).where(due).order_by(jobs.c.available_at).limit(1)
-        if self._db.dialect == "postgresql":
+        if self._shards.dialect == "postgresql":
             candidate = candidate.with_for_update(skip_locked=True)
         statement = (
             update(jobs)
@@ -153,14 +162,19 @@ class JobRepository:
             )
             .returning(*_CLAIMED)
         )
-        async with self._db.write() as tx:
-            row = (await tx.conn.execute(statement)).first()
-        return _claimed(row, owner) if row is not None else None
+        clusters = self._clusters()
+        self._turn = (self._turn + 1) % len(clusters)
+        for db in clusters[self._turn :] + clusters[: self._turn]:
+            async with db.write() as tx:
+                row = (await tx.conn.execute(statement)).first()
+            if row is not None:
+                return _claimed(row, owner)
+        return None
 
     async def claim_delivered(self, job_id: int, owner: str) -> ClaimedJob | None:
         """Take a job a broker delivered; None if it is done or dead already (a
         duplicate delivery), or was never committed."""
-        async with self._db.write() as tx:
+        async with self._shards.write(job_id) as tx:
             row = (
                 await tx.conn.execute(
                     update(jobs)
@@ -176,27 +190,32 @@ class JobRepository:
     async def bury_expired(self, max_crashes: int) -> None:
         """Jobs whose lease ran out once too often will never be claimed: end them."""
         now = utcnow()
-        async with self._db.write() as tx:
-            await tx.conn.execute(
-                update(jobs)
-                .where(
-                    jobs.c.status == "running",
-                    jobs.c.lease_until < now,
-                    jobs.c.crashes >= max_crashes,
-                )
-                .values(
-                    status="dead",
-                    lease_until=None,
-                    updated_at=now,
-                    last_error=func.coalesce(jobs.c.last_error, "")
-                    + f" [its worker died or hung {max_crashes} times: the lease expired]",
-                )
+        for db in self._clusters():
+            async with db.write() as tx:
+                await self._bury(tx, now, max_crashes)
+
+    @staticmethod
+    async def _bury(tx: WriteTx, now: datetime, max_crashes: int) -> None:
+        await tx.conn.execute(
+            update(jobs)
+            .where(
+                jobs.c.status == "running",
+                jobs.c.lease_until < now,
+                jobs.c.crashes >= max_crashes,
             )
+            .values(
+                status="dead",
+                lease_until=None,
+                updated_at=now,
+                last_error=func.coalesce(jobs.c.last_error, "")
+                + f" [its worker died or hung {max_crashes} times: the lease expired]",
+            )
+        )
 
     async def extend(self, job: ClaimedJob, lease: timedelta) -> bool:
         """Renew a running job's lease; False if it is no longer ``job``'s worker's."""
         now = utcnow()
-        async with self._db.write() as tx:
+        async with self._shards.write(job.id) as tx:
             result = await tx.conn.execute(
                 update(jobs)
                 .where(
@@ -235,7 +254,7 @@ class JobRepository:
         where = [jobs.c.id == job.id, jobs.c.status == "running"]
         if owned:
             where.append(jobs.c.lease_owner == job.lease_owner)
-        async with self._db.write() as tx:
+        async with self._shards.write(job.id) as tx:
             await tx.conn.execute(
                 update(jobs)
                 .where(*where)
@@ -252,7 +271,7 @@ class JobRepository:
     # -- what is there ---------------------------------------------------------------
 
     async def state(self, job_id: int) -> JobState | None:
-        async with self._db.read() as conn:
+        async with self._shards.read(job_id) as conn:
             row = (await conn.execute(select(jobs).where(jobs.c.id == job_id))).first()
         if row is None:
             return None
@@ -272,7 +291,7 @@ class JobRepository:
     async def unfinished(self, photo_id: int, kind: str) -> int | None:
         """The oldest job of ``kind`` for a photo that is still to run or running, read on
         the primary (the request that queued it may have just committed)."""
-        async with self._db.read_on_primary("queue") as conn:
+        async with self._shards.read_on_primary(photo_id, "queue") as conn:
             found = await conn.scalar(
                 select(jobs.c.id)
                 .where(
@@ -286,34 +305,55 @@ class JobRepository:
         return int(found) if found is not None else None
 
     async def due_count(self) -> int:
-        async with self._db.read() as conn:
-            count = await conn.scalar(
-                select(func.count()).select_from(jobs).where(jobs.c.status.in_(DUE))
-            )
-        return int(count or 0)
+        """Jobs waiting to run, summed across shards."""
+
+        async def on(db: Database) -> int:
+            async with db.read() as conn:
+                count = await conn.scalar(
+                    select(func.count()).select_from(jobs).where(jobs.c.status.in_(DUE))
+                )
+            return int(count or 0)
+
+        return sum(await self._shards.across(on))
 
     # -- dead jobs -------------------------------------------------------------------
 
     async def dead(self, limit: int) -> list[DeadJob]:
-        async with self._db.read_on_primary("queue") as conn:
-            rows = await conn.execute(
-                select(
-                    jobs.c.id, jobs.c.kind, jobs.c.attempts, jobs.c.last_error, jobs.c.updated_at
+        """The newest dead jobs, across shards."""
+
+        async def on(db: Database) -> list[DeadJob]:
+            async with db.read_on_primary("queue") as conn:
+                rows = await conn.execute(
+                    select(
+                        jobs.c.id,
+                        jobs.c.kind,
+                        jobs.c.attempts,
+                        jobs.c.last_error,
+                        jobs.c.updated_at,
+                    )
+                    .where(jobs.c.status == "dead")
+                    .order_by(jobs.c.updated_at.desc())
+                    .limit(limit)
                 )
-                .where(jobs.c.status == "dead")
-                .order_by(jobs.c.updated_at.desc())
-                .limit(limit)
-            )
-            return [
-                DeadJob(r.id, r.kind, r.attempts, r.last_error, r.updated_at) for r in rows.all()
-            ]
+                return [
+                    DeadJob(r.id, r.kind, r.attempts, r.last_error, r.updated_at)
+                    for r in rows.all()
+                ]
+
+        found = [j for part in await self._shards.across(on) for j in part]
+        return sorted(found, key=lambda j: j.failed_at, reverse=True)[:limit]
 
     async def dead_count(self) -> int:
-        async with self._db.read_on_primary("queue") as conn:
-            count = await conn.scalar(
-                select(func.count()).select_from(jobs).where(jobs.c.status == "dead")
-            )
-        return int(count or 0)
+        """Dead jobs, summed across shards."""
+
+        async def on(db: Database) -> int:
+            async with db.read_on_primary("queue") as conn:
+                count = await conn.scalar(
+                    select(func.count()).select_from(jobs).where(jobs.c.status == "dead")
+                )
+            return int(count or 0)
+
+        return sum(await self._shards.across(on))
 
     async def requeue_dead(self, job_id: int | None, *, unpublished: bool) -> list[int]:
         """Dead jobs (one, or all when None) due again with fresh attempts; returns their
@@ -323,7 +363,17 @@ class JobRepository:
         if job_id is not None:
             where.append(jobs.c.id == job_id)
         extra = {"published_at": None} if unpublished else {}
-        async with self._db.write() as tx:
+        clusters = [self._shards.cluster_for(job_id)] if job_id is not None else self._clusters()
+        out: list[int] = []
+        for db in clusters:
+            out.extend(await self._requeue(db, where, now, extra))
+        return out
+
+    @staticmethod
+    async def _requeue(
+        db: Database, where: list[Any], now: datetime, extra: dict[str, Any]
+    ) -> list[int]:
+        async with db.write() as tx:
             ids = list(await tx.conn.scalars(select(jobs.c.id).where(*where)))
             if ids:
                 await tx.conn.execute(
@@ -343,6 +393,11 @@ class JobRepository:
         return ids
 
     async def delete_dead(self) -> int:
-        async with self._db.write() as tx:
-            result = await tx.conn.execute(delete(jobs).where(jobs.c.status == "dead"))
-        return int(result.rowcount or 0)
+        """Dead jobs deleted, across shards; returns how many."""
+
+        async def on(db: Database) -> int:
+            async with db.write() as tx:
+                result = await tx.conn.execute(delete(jobs).where(jobs.c.status == "dead"))
+            return int(result.rowcount or 0)
+
+        return sum(await self._shards.across(on))

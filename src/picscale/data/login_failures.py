@@ -1,4 +1,5 @@
-"""Failed log-ins counted per key ("account:<name>", "address:<ip>") in fixed windows."""
+"""Failed log-ins counted per key ("account:<name>", "address:<ip>") in fixed windows
+(a global table, on the layout's first cluster: keys are names and addresses)."""
 
 from __future__ import annotations
 

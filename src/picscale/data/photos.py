@@ -5,13 +5,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy import delete, func, insert, select, update
 
 from picscale.clock import utcnow
-from picscale.data.schema import follows, photo_versions, photos, users
+from picscale.data.schema import photo_versions, photos, users
 from picscale.data.statements import insert_new
 from picscale.domain.records import PhotoRecord
 from picscale.tiers.db import Database, ReadConnection, WriteTx
+from picscale.tiers.db.shards import Shards
+
+IN_LIST_MAX = 1000  # bounded IN lists
 
 _columns = (
     photos.c.id,
@@ -47,18 +50,21 @@ def _photo(row: Any) -> PhotoRecord:
 
 
 class PhotoRepository:
-    def __init__(self, db: Database) -> None:
-        self._db = db
+    """A photo lives on its owner's shard (its id was minted there): every query routes
+    by the photo's id or the owner's."""
+
+    def __init__(self, shards: Shards) -> None:
+        self._shards = shards
 
     # -- reads ---------------------------------------------------------------------------
 
     async def get(self, photo_id: int) -> PhotoRecord | None:
-        async with self._db.read() as conn:
+        async with self._shards.read(photo_id) as conn:
             return await self._get(conn, photo_id)
 
     async def get_on_primary(self, photo_id: int) -> PhotoRecord | None:
         """For a job that must see the request that queued it, whatever the replicas."""
-        async with self._db.read_on_primary("jobs") as conn:
+        async with self._shards.read_on_primary(photo_id, "jobs") as conn:
             return await self._get(conn, photo_id)
 
     @staticmethod
@@ -67,33 +73,54 @@ class PhotoRepository:
         return _photo(row) if row is not None else None
 
     async def get_many(self, photo_ids: Sequence[int]) -> dict[int, PhotoRecord]:
-        async with self._db.read() as conn:
-            rows = await conn.execute(_select().where(photos.c.id.in_(photo_ids)))
-            return {row.id: _photo(row) for row in rows}
+        """Photos by id, from every cluster that holds some, in parallel."""
+        groups = self._shards.grouped(photo_ids)
+
+        async def on(db: Database) -> dict[int, PhotoRecord]:
+            async with db.read() as conn:
+                rows = await conn.execute(_select().where(photos.c.id.in_(groups[db])))
+                return {row.id: _photo(row) for row in rows}
+
+        found: dict[int, PhotoRecord] = {}
+        for part in await self._shards.across(on, list(groups)):
+            found.update(part)
+        return found
 
     async def by_owner(self, owner_id: int, before: int | None, count: int) -> list[PhotoRecord]:
         """Up to ``count`` of the owner's photos older than ``before``, newest first."""
         query = _select().where(photos.c.owner_id == owner_id)
         if before is not None:
             query = query.where(photos.c.id < before)
-        async with self._db.read() as conn:
+        async with self._shards.read(owner_id) as conn:
             rows = await conn.execute(query.order_by(photos.c.id.desc()).limit(count))
             return [_photo(r) for r in rows]
 
-    async def feed_ids(self, viewer_id: int, before: int | None, count: int) -> list[int]:
-        """Ids of ready photos by the viewer and the users they follow, newest first."""
-        followed = select(follows.c.followee_id).where(follows.c.follower_id == viewer_id)
-        query = select(photos.c.id).where(
-            or_(photos.c.owner_id == viewer_id, photos.c.owner_id.in_(followed)),
-            photos.c.status == "ready",
-        )
-        if before is not None:
-            query = query.where(photos.c.id < before)
-        async with self._db.read() as conn:
-            return list(await conn.scalars(query.order_by(photos.c.id.desc()).limit(count)))
+    async def recent_ids_across_shards(
+        self, owner_ids: Sequence[int], before: int | None, count: int
+    ) -> list[int]:
+        """Ids of ready photos by any of ``owner_ids``, newest first: a pull query on
+        every cluster that holds one of the owners, in parallel, merged."""
+        groups = self._shards.grouped(owner_ids)
+
+        async def on(db: Database) -> list[int]:
+            owners = groups[db]
+            out: list[int] = []
+            async with db.read() as conn:
+                for start in range(0, len(owners), IN_LIST_MAX):
+                    query = select(photos.c.id).where(
+                        photos.c.owner_id.in_(owners[start : start + IN_LIST_MAX]),
+                        photos.c.status == "ready",
+                    )
+                    if before is not None:
+                        query = query.where(photos.c.id < before)
+                    out.extend(await conn.scalars(query.order_by(photos.c.id.desc()).limit(count)))
+            return out
+
+        merged = [i for part in await self._shards.across(on, list(groups)) for i in part]
+        return sorted(merged, reverse=True)[:count]
 
     async def versions(self, photo_id: int) -> list[int]:
-        async with self._db.read() as conn:
+        async with self._shards.read(photo_id) as conn:
             rows = await conn.scalars(
                 select(photo_versions.c.version)
                 .where(photo_versions.c.photo_id == photo_id)
@@ -103,7 +130,7 @@ class PhotoRepository:
 
     async def has_version(self, photo_id: int, version: int) -> bool:
         """On the primary: a job checks whether an earlier run stored its version."""
-        async with self._db.read_on_primary("jobs") as conn:
+        async with self._shards.read_on_primary(photo_id, "jobs") as conn:
             count = await conn.scalar(
                 select(func.count())
                 .select_from(photo_versions)
@@ -190,7 +217,7 @@ class PhotoRepository:
     ) -> bool:
         """False when this version (or this job's) is stored already: a job run twice."""
         result = await tx.conn.execute(
-            insert_new(self._db.dialect, photo_versions).values(
+            insert_new(self._shards.dialect, photo_versions).values(
                 photo_id=photo_id,
                 version=version,
                 width=width,

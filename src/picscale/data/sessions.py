@@ -1,4 +1,5 @@
-"""The embedded session store's table: a session by the SHA-256 of its token."""
+"""The embedded session store's table: a session by its user (whose shard holds it) and
+the SHA-256 of its token."""
 
 from __future__ import annotations
 
@@ -8,12 +9,12 @@ from typing import Any
 from sqlalchemy import delete, insert, select, update
 
 from picscale.data.schema import sessions
-from picscale.tiers.db import Database
+from picscale.tiers.db.shards import Shards
 
 
 class SessionRepository:
-    def __init__(self, db: Database) -> None:
-        self._db = db
+    def __init__(self, shards: Shards) -> None:
+        self._shards = shards
 
     async def insert(
         self,
@@ -25,8 +26,8 @@ class SessionRepository:
         *,
         sweep: bool = False,
     ) -> None:
-        """A new session; ``sweep`` also deletes the expired ones."""
-        async with self._db.write() as tx:
+        """A new session; ``sweep`` also deletes the expired ones (on this cluster)."""
+        async with self._shards.write(user_id) as tx:
             await tx.conn.execute(
                 insert(sessions).values(
                     id=digest,
@@ -39,32 +40,38 @@ class SessionRepository:
             if sweep:
                 await tx.conn.execute(delete(sessions).where(sessions.c.expires_at < created_at))
 
-    async def get(self, digest: str) -> tuple[int, dict[str, Any], datetime] | None:
-        """(user id, data, expiry), on the primary: a new session must be seen at once."""
-        async with self._db.read_on_primary("session") as conn:
+    async def get(self, user_id: int, digest: str) -> tuple[dict[str, Any], datetime] | None:
+        """(data, expiry), on the primary: a new session must be seen at once."""
+        async with self._shards.read_on_primary(user_id, "session") as conn:
             row = (
                 await conn.execute(
-                    select(sessions.c.user_id, sessions.c.data, sessions.c.expires_at).where(
-                        sessions.c.id == digest
+                    select(sessions.c.data, sessions.c.expires_at).where(
+                        sessions.c.user_id == user_id, sessions.c.id == digest
                     )
                 )
             ).first()
-        return (row.user_id, dict(row.data or {}), row.expires_at) if row is not None else None
+        return (dict(row.data or {}), row.expires_at) if row is not None else None
 
-    async def set_expiry(self, digest: str, expires_at: datetime) -> None:
-        async with self._db.write() as tx:
+    @staticmethod
+    def _one(user_id: int, digest: str) -> Any:
+        return (sessions.c.user_id == user_id) & (sessions.c.id == digest)
+
+    async def set_expiry(self, user_id: int, digest: str, expires_at: datetime) -> None:
+        async with self._shards.write(user_id) as tx:
             await tx.conn.execute(
-                update(sessions).where(sessions.c.id == digest).values(expires_at=expires_at)
+                update(sessions).where(self._one(user_id, digest)).values(expires_at=expires_at)
             )
 
-    async def set_data(self, digest: str, data: dict[str, Any]) -> None:
-        async with self._db.write() as tx:
-            await tx.conn.execute(update(sessions).where(sessions.c.id == digest).values(data=data))
+    async def set_data(self, user_id: int, digest: str, data: dict[str, Any]) -> None:
+        async with self._shards.write(user_id) as tx:
+            await tx.conn.execute(
+                update(sessions).where(self._one(user_id, digest)).values(data=data)
+            )
 
-    async def delete(self, digest: str) -> None:
-        async with self._db.write() as tx:
-            await tx.conn.execute(delete(sessions).where(sessions.c.id == digest))
+    async def delete(self, user_id: int, digest: str) -> None:
+        async with self._shards.write(user_id) as tx:
+            await tx.conn.execute(delete(sessions).where(self._one(user_id, digest)))
 
     async def delete_for_user(self, user_id: int) -> None:
-        async with self._db.write() as tx:
+        async with self._shards.write(user_id) as tx:
             await tx.conn.execute(delete(sessions).where(sessions.c.user_id == user_id))

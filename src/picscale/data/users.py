@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 
-from picscale.data.schema import users
+from picscale.data.schema import user_counters, usernames, users
 from picscale.data.statements import insert_new
 from picscale.domain.records import ProfileRecord, UserRecord
-from picscale.tiers.db import Database, WriteTx
+from picscale.tiers.db import WriteTx
+from picscale.tiers.db.shards import Shards
 
 # a database takes at most some tens of thousands of parameters: bounded IN lists
 IN_LIST_MAX = 1000
@@ -24,8 +24,30 @@ def _user(row: Any) -> UserRecord:
 
 
 class UserRepository:
-    def __init__(self, db: Database) -> None:
-        self._db = db
+    """A user's row lives on the shard of the user's id; the username index is global
+    (on the layout's first cluster), so a name is unique across every cluster."""
+
+    def __init__(self, shards: Shards) -> None:
+        self._shards = shards
+
+    async def reserve_name(self, username: str, user_id: int, created_at: datetime) -> bool:
+        """Take ``username`` for ``user_id`` in the global index; False if it is taken.
+        The primary key decides a race between two sign-ups, whatever their shards."""
+        async with self._shards.home.write() as tx:
+            result = await tx.conn.execute(
+                insert_new(self._shards.dialect, usernames).values(
+                    username=username, user_id=user_id, created_at=created_at
+                )
+            )
+        return bool(result.rowcount)
+
+    async def release_name(self, username: str, user_id: int) -> None:
+        async with self._shards.home.write() as tx:
+            await tx.conn.execute(
+                delete(usernames).where(
+                    usernames.c.username == username, usernames.c.user_id == user_id
+                )
+            )
 
     async def insert(
         self,
@@ -37,9 +59,9 @@ class UserRepository:
         password_hash: str,
         created_at: datetime,
     ) -> bool:
-        """False when the username is taken (nothing is written)."""
+        """False when the id or name is in this cluster already (nothing is written)."""
         result = await tx.conn.execute(
-            insert_new(self._db.dialect, users).values(
+            insert_new(self._shards.dialect, users).values(
                 id=user_id,
                 username=username,
                 display_name=display_name,
@@ -49,41 +71,57 @@ class UserRepository:
         )
         return bool(result.rowcount)
 
+    async def id_of(self, username: str, *, on_primary: bool = False) -> int | None:
+        """The id of the user called ``username`` (the global index)."""
+        home = self._shards.home
+        reading = home.read_on_primary("auth") if on_primary else home.read()
+        async with reading as conn:
+            found = await conn.scalar(
+                select(usernames.c.user_id).where(usernames.c.username == username)
+            )
+        return int(found) if found is not None else None
+
     async def get(self, user_id: int) -> UserRecord | None:
-        async with self._db.read() as conn:
+        async with self._shards.read(user_id) as conn:
             row = (await conn.execute(select(users).where(users.c.id == user_id))).first()
         return _user(row) if row is not None else None
 
     async def credentials(self, username: str) -> tuple[UserRecord, str] | None:
-        """The user and their password hash, on the primary: a log-in right after
+        """The user and their password hash, on the primaries: a log-in right after
         sign-up must find the new account."""
-        async with self._db.read_on_primary("auth") as conn:
-            row = (await conn.execute(select(users).where(users.c.username == username))).first()
+        user_id = await self.id_of(username, on_primary=True)
+        if user_id is None:
+            return None
+        async with self._shards.read_on_primary(user_id, "auth") as conn:
+            row = (await conn.execute(select(users).where(users.c.id == user_id))).first()
         return (_user(row), row.password_hash) if row is not None else None
 
     async def profile(self, username: str) -> ProfileRecord | None:
-        async with self._db.read() as conn:
-            row = (await conn.execute(select(users).where(users.c.username == username))).first()
-        if row is None:
+        user_id = await self.id_of(username)
+        if user_id is None:
             return None
+        async with self._shards.read(user_id) as conn:
+            row = (await conn.execute(select(users).where(users.c.id == user_id))).first()
+            if row is None:
+                return None
+            slots = await conn.scalar(
+                select(func.coalesce(func.sum(user_counters.c.followers), 0)).where(
+                    user_counters.c.user_id == user_id
+                )
+            )
         return ProfileRecord(
             id=row.id,
             username=row.username,
             display_name=row.display_name,
             photo_count=row.photo_count,
-            follower_count=row.follower_count,
+            follower_count=row.follower_count + int(slots or 0),
             following_count=row.following_count,
         )
 
     async def named(self, username: str) -> tuple[int, str] | None:
         """(id, username) of the user called ``username``."""
-        async with self._db.read() as conn:
-            row = (
-                await conn.execute(
-                    select(users.c.id, users.c.username).where(users.c.username == username)
-                )
-            ).first()
-        return (row.id, row.username) if row is not None else None
+        user_id = await self.id_of(username)
+        return (user_id, username) if user_id is not None else None
 
     async def lock(self, tx: WriteTx, user_id: int) -> bool:
         """Hold the user's row for the rest of ``tx`` (one account deletion at a time on
@@ -105,38 +143,13 @@ class UserRepository:
             .values(photo_count=users.c.photo_count + delta)
         )
 
-    async def count_follow(self, tx: WriteTx, follower: int, followee: int, delta: int) -> None:
-        """A follow (+1) or unfollow (-1): both users' counters."""
+    async def count_following(self, tx: WriteTx, follower: int, delta: int) -> None:
+        """A follow (+1) or unfollow (-1) by ``follower`` (on the follower's shard)."""
         await tx.conn.execute(
             update(users)
             .where(users.c.id == follower)
             .values(following_count=users.c.following_count + delta)
         )
-        await tx.conn.execute(
-            update(users)
-            .where(users.c.id == followee)
-            .values(follower_count=users.c.follower_count + delta)
-        )
-
-    async def uncount_follows(
-        self, tx: WriteTx, followees: Sequence[int], followers: Sequence[int]
-    ) -> dict[int, str]:
-        """A departing user's follows gone: their followees lose a follower, their
-        followers follow one fewer. Returns the usernames of everyone changed, by id."""
-        changed: dict[int, str] = {}
-        for ids, column in (
-            (followees, users.c.follower_count),
-            (followers, users.c.following_count),
-        ):
-            for start in range(0, len(ids), IN_LIST_MAX):
-                rows = await tx.conn.execute(
-                    update(users)
-                    .where(users.c.id.in_(ids[start : start + IN_LIST_MAX]))
-                    .values({column: column - 1})
-                    .returning(users.c.id, users.c.username)
-                )
-                changed.update((r.id, r.username) for r in rows)
-        return changed
 
     async def delete(self, tx: WriteTx, user_id: int) -> None:
         await tx.conn.execute(delete(users).where(users.c.id == user_id))

@@ -37,9 +37,10 @@ from picscale.domain.paging import page_of, parse_cursor
 from picscale.domain.records import JobRecord, Page, PhotoRecord, UserRecord
 from picscale.ids import IdGenerator, shard_of
 from picscale.imaging import ImageRejected, InvalidEdit, Operation, probe, validate_operations
-from picscale.jobs import purge_edge, render_version
+from picscale.jobs import drop_followee, follow_mirror, purge_edge, render_version
 from picscale.tiers.cache import Cache
-from picscale.tiers.db import Database, WriteTx
+from picscale.tiers.db import WriteTx
+from picscale.tiers.db.shards import Shards
 from picscale.tiers.edge import Edge
 from picscale.tiers.queue import JobQueue, JobState
 from picscale.tiers.storage import MediaStore
@@ -69,7 +70,7 @@ def job_record(state: JobState) -> JobRecord:
 class Photos:
     def __init__(
         self,
-        db: Database,
+        shards: Shards,
         cache: Cache,
         storage: MediaStore,
         queue: JobQueue,
@@ -79,10 +80,10 @@ class Photos:
         max_upload_bytes: int,
         max_pixels: int,
     ) -> None:
-        self._db = db
-        self._photos = PhotoRepository(db)
-        self._users = UserRepository(db)
-        self._follows = FollowRepository(db)
+        self._shards = shards
+        self._photos = PhotoRepository(shards)
+        self._users = UserRepository(shards)
+        self._follows = FollowRepository(shards)
         self._cache = cache
         self._storage = storage
         self._queue = queue
@@ -174,7 +175,7 @@ class Photos:
         )
         await self._storage.put(source_key(photo.id), data, info.format.content_type)
         try:
-            async with self._db.write() as tx:
+            async with self._shards.write(owner.id) as tx:
                 await self._photos.insert(tx, photo)
                 await self._users.count_photos(tx, owner.id, +1)
                 await self._queue.enqueue(tx, render)
@@ -194,7 +195,7 @@ class Photos:
         return photo
 
     async def delete(self, actor: UserRecord, photo_id: int) -> None:
-        async with self._db.write() as tx:
+        async with self._shards.write(photo_id) as tx:
             photo = await self._owned(tx, actor, photo_id)
             await self._photos.delete(tx, photo_id)
             await self._users.count_photos(tx, actor.id, -1)
@@ -216,19 +217,36 @@ class Photos:
     async def delete_account(self, actor: UserRecord) -> int:
         """The user and everything of theirs: photos (rows, versions, media), follows in
         both directions (the other side's counts follow); the edge's copies of their
-        media and profile are purged before this returns. Returns the photos gone."""
-        async with self._db.write() as tx:
+        media and profile are purged before this returns. Returns the photos gone.
+
+        One transaction on the user's shard; the other side of their follows lives on
+        other shards and is put right by jobs queued in it (``follow_mirror`` for whom
+        they followed, ``drop_followee`` for their followers)."""
+        shard = shard_of(actor.id)
+        async with self._shards.write(actor.id) as tx:
             if not await self._users.lock(tx, actor.id):
                 raise NotFound("this account was deleted already")
-            followees, followers = await self._follows.remove_all_of(tx, actor.id)
-            others = await self._users.uncount_follows(tx, followees, followers)
+            followees = await self._follows.remove_all_from(tx, actor.id)
+            followers = await self._follows.remove_all_to(tx, actor.id)
             photo_ids = await self._photos.delete_owned_by(tx, actor.id)
             await self._users.delete(tx, actor.id)
+            for followee in followees:
+                await self._queue.enqueue(
+                    tx,
+                    follow_mirror.new_job(
+                        self._ids.next_id(shard),
+                        follower=actor.id,
+                        followee=followee,
+                        followee_name="",
+                    ),
+                )
+            ids = [self._ids.next_id(shard) for _ in range(drop_followee.batches(followers))]
+            for job in drop_followee.new_jobs(ids, followee=actor.id, followers=followers):
+                await self._queue.enqueue(tx, job)
             stale = [
                 profile_key(actor.username),
                 *first_pages(actor.id),
                 *(photo_key(p) for p in photo_ids),
-                *(profile_key(name) for name in others.values()),
                 # followers' feeds showed this user's photos
                 *(key for f in followers for key in first_pages(f)),
             ]
@@ -244,18 +262,19 @@ class Photos:
                         await self._storage.delete_prefix(photo_prefix(photo_id))
 
             tx.after_commit(remove_media)
+        await self._users.release_name(actor.username, actor.id)
         return len(photo_ids)
 
     async def _purge_edge(self, keys: list[str], shard: int) -> None:
         await purge_edge.purge_now_or_later(
-            self._edge, self._db, self._queue, self._ids, keys, shard
+            self._edge, self._shards, self._queue, self._ids, keys, shard
         )
 
     async def request_edit(
         self, actor: UserRecord, photo_id: int, operations: Sequence[Operation]
     ) -> JobRecord:
         job_id = self._ids.next_id(shard_of(photo_id))
-        async with self._db.write() as tx:
+        async with self._shards.write(photo_id) as tx:
             photo = await self._owned(tx, actor, photo_id)
             if photo.status != "ready":
                 raise Conflict(

@@ -10,16 +10,34 @@ from picscale.domain.errors import Invalid, NotFound
 from picscale.domain.paging import parse_cursor
 from picscale.domain.photos import Photos
 from picscale.domain.records import IdPage, Page, UserRecord
+from picscale.ids import IdGenerator, shard_of
+from picscale.jobs import follow_mirror
 from picscale.tiers.cache import Cache
-from picscale.tiers.db import Database
+from picscale.tiers.db.shards import Shards
+from picscale.tiers.queue import JobQueue
 
 
 class Social:
-    def __init__(self, db: Database, cache: Cache, photos: Photos, *, feed_ttl: float) -> None:
-        self._db = db
-        self._users = UserRepository(db)
-        self._follows = FollowRepository(db)
-        self._photo_rows = PhotoRepository(db)
+    """Follows and the home feed. A follow is written on the follower's shard (the
+    truth: what the follower sees at once); the followee's side and count follow by a
+    job (``follow_mirror``), so the followee's profile count converges within seconds."""
+
+    def __init__(
+        self,
+        shards: Shards,
+        cache: Cache,
+        photos: Photos,
+        queue: JobQueue,
+        ids: IdGenerator,
+        *,
+        feed_ttl: float,
+    ) -> None:
+        self._shards = shards
+        self._users = UserRepository(shards)
+        self._follows = FollowRepository(shards)
+        self._photo_rows = PhotoRepository(shards)
+        self._queue = queue
+        self._ids = ids
         self._cache = cache
         self._photos = photos
         self._feed_ttl = feed_ttl
@@ -43,18 +61,34 @@ class Social:
         target_id, target_name = await self._target(username)
         if target_id == actor.id:
             raise Invalid("you cannot follow yourself")
-        async with self._db.write() as tx:
-            # already following: following again changes nothing
-            if await self._follows.add(tx, actor.id, target_id):
-                await self._users.count_follow(tx, actor.id, target_id, +1)
-                await self._cache.invalidate(tx, self._changed(actor, target_name))
+        await self._change(actor, target_id, target_name, follow=True)
 
     async def unfollow(self, actor: UserRecord, username: str) -> None:
         target_id, target_name = await self._target(username)
-        async with self._db.write() as tx:
-            if await self._follows.remove(tx, actor.id, target_id):
-                await self._users.count_follow(tx, actor.id, target_id, -1)
+        await self._change(actor, target_id, target_name, follow=False)
+
+    async def _change(
+        self, actor: UserRecord, target_id: int, target_name: str, *, follow: bool
+    ) -> bool:
+        """One transaction on the actor's shard: the follow, the actor's count, and the
+        job that mirrors it on the target's shard. False when nothing changed."""
+        job_id = self._ids.next_id(shard_of(actor.id))
+        async with self._shards.write(actor.id) as tx:
+            if follow:
+                # already following: following again changes nothing
+                changed = await self._follows.add(tx, actor.id, target_id)
+            else:
+                changed = await self._follows.remove(tx, actor.id, target_id)
+            if changed:
+                await self._users.count_following(tx, actor.id, +1 if follow else -1)
+                await self._queue.enqueue(
+                    tx,
+                    follow_mirror.new_job(
+                        job_id, follower=actor.id, followee=target_id, followee_name=target_name
+                    ),
+                )
                 await self._cache.invalidate(tx, self._changed(actor, target_name))
+        return changed
 
     async def is_following(self, actor: UserRecord, target_id: int) -> bool:
         return await self._follows.exists(actor.id, target_id)
@@ -84,6 +118,9 @@ class Social:
         return Page(items=items, next_cursor=ids.next_cursor)
 
     async def _feed_ids(self, viewer_id: int, before: int | None, limit: int) -> IdPage:
-        rows = await self._photo_rows.feed_ids(viewer_id, before, limit + 1)
+        """Pull: the viewer's followees (one query on the viewer's shard), then their
+        photos and the viewer's own on each cluster involved, in parallel."""
+        owners = [viewer_id, *await self._follows.followees(viewer_id)]
+        rows = await self._photo_rows.recent_ids_across_shards(owners, before, limit + 1)
         page = rows[:limit]
         return IdPage(ids=page, next_cursor=str(page[-1]) if len(rows) > limit and page else None)

@@ -19,7 +19,7 @@ from picscale.domain.errors import Conflict, Invalid, TooManyRequests, Unauthori
 from picscale.domain.records import ProfileRecord, UserRecord
 from picscale.ids import IdGenerator
 from picscale.tiers.cache import Cache
-from picscale.tiers.db import Database
+from picscale.tiers.db.shards import Shards
 
 USERNAME = re.compile(r"^[a-z0-9_]{3,32}$")
 PASSWORD_MIN, PASSWORD_MAX = 8, 256
@@ -37,10 +37,10 @@ class LoginThrottle:
     """
 
     def __init__(
-        self, db: Database, *, per_account: int, per_address: int, window: timedelta
+        self, shards: Shards, *, per_account: int, per_address: int, window: timedelta
     ) -> None:
-        self._db = db
-        self._failures = LoginFailureRepository(db)
+        self._db = shards.home  # a global table
+        self._failures = LoginFailureRepository(self._db)
         self._limits = {"account": per_account, "address": per_address}
         self._window = window
 
@@ -73,10 +73,10 @@ class LoginThrottle:
 
 class Users:
     def __init__(
-        self, db: Database, cache: Cache, ids: IdGenerator, throttle: LoginThrottle
+        self, shards: Shards, cache: Cache, ids: IdGenerator, throttle: LoginThrottle
     ) -> None:
-        self._db = db
-        self._users = UserRepository(db)
+        self._shards = shards
+        self._users = UserRepository(shards)
         self._cache = cache
         self._ids = ids
         self._throttle = throttle
@@ -95,18 +95,26 @@ class Users:
         password_hash = await asyncio.to_thread(self._hasher.hash, password)
         user_id = self._ids.next_id(self._ids.random_shard())
         now = utcnow()
-        async with self._db.write() as tx:
-            created = await self._users.insert(
-                tx,
-                user_id=user_id,
-                username=name,
-                display_name=display,
-                password_hash=password_hash,
-                created_at=now,
-            )
-            if not created:
-                raise Conflict(f"the username {name!r} is taken; choose another")
-            await self._cache.invalidate(tx, [profile_key(name)])  # a cached "not found"
+        # the global index decides who gets the name (its primary key, whatever shard
+        # each contender lands on); the account follows on the user's own shard
+        if not await self._users.reserve_name(name, user_id, now):
+            raise Conflict(f"the username {name!r} is taken; choose another")
+        try:
+            async with self._shards.write(user_id) as tx:
+                created = await self._users.insert(
+                    tx,
+                    user_id=user_id,
+                    username=name,
+                    display_name=display,
+                    password_hash=password_hash,
+                    created_at=now,
+                )
+                if not created:
+                    raise Conflict(f"the username {name!r} is taken; choose another")
+                await self._cache.invalidate(tx, [profile_key(name)])  # a cached "not found"
+        except BaseException:
+            await self._users.release_name(name, user_id)
+            raise
         return UserRecord(id=user_id, username=name, display_name=display, created_at=now)
 
     async def authenticate(self, username: str, password: str, address: str) -> UserRecord:
@@ -153,7 +161,7 @@ class Users:
         display = display_name.strip()
         if not display or len(display) > DISPLAY_NAME_MAX:
             raise Invalid(f"display name must be 1 to {DISPLAY_NAME_MAX} characters")
-        async with self._db.write() as tx:
+        async with self._shards.write(user.id) as tx:
             await self._users.set_display_name(tx, user.id, display)
             await self._cache.invalidate(tx, [profile_key(user.username)])
         profile = await self.profile(user.username)

@@ -1,11 +1,12 @@
-"""Job kinds, one module each (``render_version``, ``purge_edge``), and the registry the
+"""Job kinds, one module each (``render_version``, ``purge_edge``, ``follow_mirror``,
+``drop_followee``, ``fan_out``), and the registry the
 worker runs them from: a new kind is a new module and one line in ``handlers``."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from picscale.jobs import purge_edge, render_version
+from picscale.jobs import drop_followee, follow_mirror, purge_edge, render_version
 from picscale.jobs.handler import JobHandler
 
 if TYPE_CHECKING:
@@ -17,12 +18,16 @@ def handlers(services: Services, render: render_version.Renderer) -> dict[str, J
     pipeline (in the worker's process pool)."""
     kinds: list[JobHandler] = [
         render_version.RenderVersion(
-            services.db,
+            services.shards,
             services.cache,
             services.storage,
             render,
             max_pixels=services.settings.photos.max_pixels,
         ),
         purge_edge.PurgeEdge(services.edge),
+        follow_mirror.FollowMirror(
+            services.shards, services.cache, services.settings.shards.counter_slots
+        ),
+        drop_followee.DropFollowee(services.shards, services.cache),
     ]
     return {handler.kind: handler for handler in kinds}

@@ -9,7 +9,7 @@ import structlog
 
 from picscale.ids import IdGenerator
 from picscale.jobs.handler import Completion
-from picscale.tiers.db import Database
+from picscale.tiers.db.shards import Shards
 from picscale.tiers.edge import Edge
 from picscale.tiers.queue import ClaimedJob, JobQueue, NewJob
 
@@ -26,7 +26,7 @@ def new_job(job_id: int, keys: list[str]) -> NewJob:
 
 
 async def purge_now_or_later(
-    edge: Edge, db: Database, queue: JobQueue, ids: IdGenerator, keys: list[str], shard: int
+    edge: Edge, shards: Shards, queue: JobQueue, ids: IdGenerator, keys: list[str], shard: int
 ) -> None:
     """Drop the edge's copies tagged with ``keys`` before the caller answers; if the edge
     does not confirm, a job retries the purge until it does."""
@@ -34,8 +34,9 @@ async def purge_now_or_later(
         await edge.purge(keys)
     except Exception as exc:  # whatever went wrong, the purge must not be forgotten
         log.warning("edge_purge_queued", keys=" ".join(keys), error=str(exc)[:200])
-        async with db.write() as tx:
-            await queue.enqueue(tx, new_job(ids.next_id(shard), keys))
+        job_id = ids.next_id(shard)
+        async with shards.write(job_id) as tx:
+            await queue.enqueue(tx, new_job(job_id, keys))
 
 
 class PurgeEdge:

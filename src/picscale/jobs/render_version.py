@@ -18,7 +18,7 @@ from picscale.domain.media import VARIANTS, photo_prefix, source_key, variant_ke
 from picscale.imaging import ImageRejected, Operation, Rendered
 from picscale.jobs.handler import Completion, JobRefused
 from picscale.tiers.cache import Cache
-from picscale.tiers.db import Database
+from picscale.tiers.db.shards import Shards
 from picscale.tiers.queue import ClaimedJob, NewJob
 from picscale.tiers.storage import MediaStore
 
@@ -49,15 +49,15 @@ class RenderVersion:
 
     def __init__(
         self,
-        db: Database,
+        shards: Shards,
         cache: Cache,
         storage: MediaStore,
         render: Renderer,
         *,
         max_pixels: int,
     ) -> None:
-        self._db = db
-        self._photos = PhotoRepository(db)
+        self._shards = shards
+        self._photos = PhotoRepository(shards)
         self._cache = cache
         self._storage = storage
         self._render = render
@@ -121,7 +121,7 @@ class RenderVersion:
     async def dead(self, job: ClaimedJob) -> None:
         """A photo whose first version could not be made says so."""
         photo_id = int(job.payload["photo_id"])
-        async with self._db.write() as tx:
+        async with self._shards.write(photo_id) as tx:
             photo = await self._photos.mark_failed(tx, photo_id)
             if photo is not None:
                 await self._cache.invalidate(

@@ -109,9 +109,10 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         configure_vips(settings.worker.vips_threads)  # uploads are probed in this process
         built = services or build_services(settings, metrics)
+        await built.start()  # the shard map, an id node number
         holder["services"] = built
         app.state.services = built
-        log.info("web_started", database=built.db.dialect, cache=settings.cache.url)
+        log.info("web_started", database=built.shards.dialect, cache=settings.cache.url)
         flusher = asyncio.create_task(built.metrics.flush_every())
         stop_watching = asyncio.Event()
         watcher = asyncio.create_task(built.edge.watch(stop_watching))

@@ -39,10 +39,10 @@ class OpsController(Controller):
                 checks[name] = f"failing: {type(exc).__name__}: {exc}"[:300]
                 return False
 
-        database = await check("database", services.db.ping)
+        database = await check("database", services.shards.ping)
         queue = await check("queue", services.queue.depth)
         storage = await check("storage", services.storage.ping)
-        ready = storage and (database or services.db.replicas is not None)
+        ready = storage and (database or services.shards.replicas)
         status = "ok" if database and queue and storage else "degraded" if ready else "unavailable"
         return Response(
             {"status": status, "checks": checks},

@@ -129,6 +129,7 @@ class Autoscaler:
 
     async def run(self, stop: asyncio.Event, metrics_port: int | None = None) -> None:
         services = build_services(self.settings)
+        await services.start(mint_ids=False)
         metrics = services.metrics
         interval = self.settings.worker.autoscale_interval_seconds
         policy = self.policy

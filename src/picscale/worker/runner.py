@@ -81,7 +81,7 @@ class Completion:
 
     @contextlib.asynccontextmanager
     async def storing(self, result: dict[str, Any]) -> AsyncIterator[WriteTx]:
-        async with self._services.db.write() as tx:
+        async with self._services.shards.write(self._job.id) as tx:
             yield tx
             await self._services.queue.complete(tx, self._job, result)
         self.done = True
@@ -290,6 +290,7 @@ async def run_worker(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     services = build_services(settings, Metrics())
+    await services.start()
     flusher = asyncio.create_task(services.metrics.flush_every())
     server = None
     if metrics_port is not None:

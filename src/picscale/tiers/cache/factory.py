@@ -8,11 +8,11 @@ from picscale.observability.metrics import Metrics
 from picscale.settings import Settings, SettingsError
 from picscale.tiers.cache.cache_aside import Cache
 from picscale.tiers.cache.port import CacheBackend
-from picscale.tiers.db import Database
+from picscale.tiers.db.shards import Shards
 from picscale.tiers.redis_client import is_redis_url
 
 
-def create_cache(settings: Settings, db: Database, metrics: Metrics) -> Cache:
+def create_cache(settings: Settings, shards: Shards, metrics: Metrics) -> Cache:
     url = settings.cache.url
     backend: CacheBackend
     if urlsplit(url).scheme == "memory":
@@ -20,8 +20,9 @@ def create_cache(settings: Settings, db: Database, metrics: Metrics) -> Cache:
         from picscale.tiers.epoch import EpochFile
 
         # the epoch file is a fast path for processes on one host, which SQLite implies
-        epoch = EpochFile(settings.data_dir / "cache-epoch") if db.dialect == "sqlite" else None
-        backend = MemoryCache(db, settings.cache.max_entries, epoch)
+        same_host = shards.dialect == "sqlite"
+        epoch = EpochFile(settings.data_dir / "cache-epoch") if same_host else None
+        backend = MemoryCache(list(shards.clusters.values()), settings.cache.max_entries, epoch)
     elif is_redis_url(url):
         from picscale.tiers.cache.redis import NearCache, RedisCache
         from picscale.tiers.redis_client import redis_client

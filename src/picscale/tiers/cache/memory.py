@@ -33,13 +33,17 @@ LOG_RETENTION = timedelta(hours=1)
 class MemoryCache:
     """``memory://``: the in-process backend with the shared invalidation log."""
 
-    def __init__(self, db: Database, max_entries: int, epoch: EpochFile | None) -> None:
-        self._invalidations = InvalidationLog(db)
+    def __init__(
+        self, clusters: Sequence[Database], max_entries: int, epoch: EpochFile | None
+    ) -> None:
+        # one log per cluster: a write appends to its own cluster's, in its transaction
+        self._logs = {db.name: InvalidationLog(db) for db in clusters}
+        self._invalidations = next(iter(self._logs.values()))
         self._lru = LruCache(max_entries)
         # without an epoch file (processes on several hosts) the log is read every request
         self._epoch = epoch
         self._seen_epoch = -1
-        self._cursor: int | None = None
+        self._cursors: dict[str, int | None] = dict.fromkeys(self._logs)
         self._generation = 0
 
     async def stats(self) -> dict[str, float]:
@@ -90,19 +94,21 @@ class MemoryCache:
             if epoch == self._seen_epoch:
                 return
             self._seen_epoch = epoch  # read before replaying: a later bump is seen next time
-        last, entries = await self._invalidations.read_after(self._cursor)
-        if self._cursor is None:
-            self._cursor = last
-            self._clear()
-            return
-        if not entries:
-            return
-        if entries[0][0] != self._cursor + 1:
-            # entries this process never saw were pruned (or a sequence skipped): start over
-            self._clear()
-        else:
-            await self.delete_many([key for _, key in entries])
-        self._cursor = last
+        for name, log in self._logs.items():
+            cursor = self._cursors[name]
+            last, entries = await log.read_after(cursor)
+            if cursor is None:
+                self._cursors[name] = last
+                self._clear()
+                continue
+            if not entries:
+                continue
+            if entries[0][0] != cursor + 1:
+                # entries this process never saw were pruned (or a sequence skipped): over
+                self._clear()
+            else:
+                await self.delete_many([key for _, key in entries])
+            self._cursors[name] = last
 
     def _clear(self) -> None:
         self._generation += 1

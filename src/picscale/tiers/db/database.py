@@ -41,6 +41,8 @@ class ShardMoving(DatabaseUnavailable):
     """A write touched a logical shard that is fenced for a move's last moment: it was
     rolled back; it succeeds once the map names the shard's new cluster (retry)."""
 
+    map_version: int | None = None  # the map the write was routed by
+
 
 # raised by the fence trigger (resharding) on a write to a fenced logical shard
 FENCE_SQLSTATE = "PS001"
@@ -137,7 +139,7 @@ class ReadConnection:
                 self._tried.add(self.replica.name)
                 scope = current_scope()
                 self.replica = await replicas.choose(
-                    scope.must_see if scope else None, exclude=self._tried
+                    scope.must_see_on(self._db.name) if scope else None, exclude=self._tried
                 )
 
     async def execute(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
@@ -201,8 +203,8 @@ class Database:
         """
         replica = None
         scope = current_scope()
-        if self.replicas is not None and not (scope and scope.has_written):
-            required = scope.must_see if scope else None
+        if self.replicas is not None and not (scope and scope.has_written_on(self.name)):
+            required = scope.must_see_on(self.name) if scope else None
             stale = False
             if wants_fresh():
                 # a value for the cache: only a replica with every commit up to now will do
@@ -250,6 +252,8 @@ class Database:
                 async with conn.begin():
                     yield tx
             except DBAPIError as exc:
+                if _sqlstate(exc) == FENCE_SQLSTATE:
+                    raise ShardMoving("this shard is moving to another cluster") from exc
                 if _sqlstate(exc) == READ_ONLY_SQLSTATE:
                     # our pooled connections lead to a demoted primary: reconnect afresh
                     await self._primary.dispose()
@@ -264,7 +268,7 @@ class Database:
                     # where the primary's WAL is now: this user's reads need a replica
                     # that has replayed at least this far
                     position = int(await conn.scalar(PRIMARY_POSITION) or 0)
-                scope.wrote_at(position)
+                scope.wrote_at(self.name, position)
         finally:
             await conn.close()
         for action in tx._after_commit:

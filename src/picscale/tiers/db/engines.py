@@ -93,8 +93,9 @@ def postgres_engine(url: str | URL, settings: Settings) -> AsyncEngine:
     )
 
 
-def create_engines(settings: Settings) -> tuple[AsyncEngine, AsyncEngine, str]:
-    url = async_url(settings.resolved_database_url)
+def create_engines(settings: Settings, url: str) -> tuple[AsyncEngine, AsyncEngine, str]:
+    """The engines of one cluster's primary: (for writes, for reads, dialect)."""
+    url = async_url(url)
     if url.startswith("sqlite"):
         path = make_url(url).database
         if path and path != ":memory:":

@@ -19,9 +19,13 @@ def alembic_config(database_url: str) -> Config:
 
 
 def upgrade(settings: Settings, revision: str = "head") -> None:
+    """Every cluster of the shard layout, one after the other (each holds every table;
+    the global ones are used on the first only)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    command.upgrade(alembic_config(settings.resolved_database_url), revision)
+    for url in settings.database_layout().values():
+        command.upgrade(alembic_config(url), revision)
 
 
 def downgrade(settings: Settings, revision: str) -> None:
-    command.downgrade(alembic_config(settings.resolved_database_url), revision)
+    for url in settings.database_layout().values():
+        command.downgrade(alembic_config(url), revision)

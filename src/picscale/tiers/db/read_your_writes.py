@@ -6,10 +6,10 @@ Every unit of work runs in a ``ReadScope``: a web request in ``request_scope()``
 in ``job_scope(payload)``. The database consults the scope on every read and records in
 it every write:
 
-- ``must_see``: a position in the primary's WAL that a replica must have replayed to
-  serve this unit's reads (else they go to the primary);
-- ``written``: the primary's position after this unit's last write; once a unit has
-  written, its own reads go to the primary.
+- ``must_see``: per cluster, a position in its primary's WAL that a replica must have
+  replayed to serve this unit's reads there (else they go to the primary);
+- ``written``: per cluster, the primary's position after this unit's last write there;
+  once a unit has written to a cluster, its own reads there go to the primary.
 
 Where it is remembered:
 
@@ -36,12 +36,12 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from picscale.observability.metrics import Metrics
-    from picscale.tiers.db.database import Database
+    from picscale.tiers.db.shards import Shards
 
 WAL_KEY = "wal"  # in a session's data and in a job's payload
 
@@ -58,43 +58,55 @@ def parse_lsn(value: str) -> int:
 
 @dataclass
 class ReadScope:
-    """One request's or job's reads: what they must see, and what it wrote."""
+    """One request's or job's reads: what they must see, and what it wrote, per cluster
+    (each cluster of the shard layout has its own primary and WAL)."""
 
-    must_see: int | None = None  # replicas must have replayed this to serve our reads
-    written: int | None = None  # the primary's position after our last write
-    has_written: bool = False
+    must_see: dict[str, int] = field(default_factory=dict)  # replicas must have replayed
+    written: dict[str, int] = field(default_factory=dict)  # primary's position after writes
+    written_on: set[str] = field(default_factory=set)  # clusters this unit wrote to
     # set by whoever knows where to keep ``written`` for the user's next requests
-    remember: Callable[[int], Awaitable[None]] | None = None
+    remember: Callable[[dict[str, int]], Awaitable[None]] | None = None
 
-    def require(self, position: int | None) -> None:
-        if position is not None and (self.must_see is None or position > self.must_see):
-            self.must_see = position
+    def require(self, cluster: str, position: int | None) -> None:
+        if position is not None and position > self.must_see.get(cluster, -1):
+            self.must_see[cluster] = position
 
-    def wrote_at(self, position: int | None) -> None:
-        self.has_written = True
-        if position is not None and (self.written is None or position > self.written):
-            self.written = position
+    def wrote_at(self, cluster: str, position: int | None) -> None:
+        self.written_on.add(cluster)
+        if position is not None and position > self.written.get(cluster, -1):
+            self.written[cluster] = position
+
+    def must_see_on(self, cluster: str) -> int | None:
+        return self.must_see.get(cluster)
+
+    def has_written_on(self, cluster: str) -> bool:
+        return cluster in self.written_on
+
+    @property
+    def has_written(self) -> bool:
+        return bool(self.written_on)
 
     @property
     def pinned(self) -> bool:
         """It has written, or must see a position: a copy that may be older than that (a
         near cache's) must not serve its reads."""
-        return self.has_written or self.must_see is not None
+        return self.has_written or bool(self.must_see)
 
     async def save_written(self) -> None:
         """Keep ``written`` where the user's next requests find it (before the client
         hears back, so that a request it sends next cannot miss it)."""
-        if self.written is not None and self.remember is not None:
-            await self.remember(self.written)
+        if self.written and self.remember is not None:
+            await self.remember(dict(self.written))
 
 
 _scope: ContextVar[ReadScope | None] = ContextVar("picscale_read_scope", default=None)
 
 
 @contextmanager
-def _scoped(must_see: int | None) -> Iterator[ReadScope]:
+def _scoped(must_see: Mapping[str, int] | None) -> Iterator[ReadScope]:
     scope = ReadScope()
-    scope.require(must_see)
+    for cluster, position in (must_see or {}).items():
+        scope.require(cluster, position)
     token = _scope.set(scope)
     try:
         yield scope
@@ -128,42 +140,48 @@ class Sticking:
 
     def __init__(
         self,
-        db: Database,
+        shards: Shards,
         save: Callable[[Any], Awaitable[None]],
         *,
         seconds: int,
         metrics: Metrics,
     ) -> None:
-        self._db = db
+        self._shards = shards
         self._save = save  # stores a session's data
         self._seconds = seconds
         self._metrics = metrics
 
     async def bind(self, session: SessionLike, *, new: bool = False) -> None:
         scope = current_scope()
-        replicas = self._db.replicas
-        if scope is None or replicas is None:
+        if scope is None or not self._shards.replicas:
             return
 
-        async def remember(position: int) -> None:
+        async def remember(positions: dict[str, int]) -> None:
             until = time.time() + self._seconds
-            session.data[WAL_KEY] = {"lsn": format_lsn(position), "until": until}
+            lsns = {cluster: format_lsn(p) for cluster, p in positions.items()}
+            session.data[WAL_KEY] = {"lsn": lsns, "until": until}
             await self._save(session)
 
         scope.remember = remember
         if new:  # a fresh session has no past writes
             return
-        position = _remembered(session.data.get(WAL_KEY))
-        # stickiness ends once every replica has caught up
-        if position is not None and not await replicas.all_caught_up(position):
-            scope.require(position)
-            self._metrics.replica_event("sticky", "")
+        for cluster, position in _remembered(session.data.get(WAL_KEY)).items():
+            db = self._shards.clusters.get(cluster)
+            if db is None or db.replicas is None:
+                continue
+            # stickiness ends once every replica has caught up
+            if not await db.replicas.all_caught_up(position):
+                scope.require(cluster, position)
+                self._metrics.replica_event("sticky", "")
 
 
-def _remembered(wal: object) -> int | None:
+def _remembered(wal: object) -> dict[str, int]:
     if not isinstance(wal, dict) or float(wal.get("until", 0)) <= time.time():
-        return None
-    return parse_lsn(str(wal["lsn"]))
+        return {}
+    lsns = wal.get("lsn")
+    if not isinstance(lsns, dict):
+        return {}
+    return {str(c): parse_lsn(str(v)) for c, v in lsns.items()}
 
 
 # -- the entry point for jobs -------------------------------------------------------------
@@ -175,16 +193,19 @@ def stamp_job(payload: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(payload)
     scope = current_scope()
     if scope is not None:
-        positions = [p for p in (scope.written, scope.must_see) if p is not None]
+        positions = dict(scope.must_see)
+        for cluster, p in scope.written.items():
+            positions[cluster] = max(p, positions.get(cluster, -1))
         if positions:
-            out[WAL_KEY] = max(positions)
+            out[WAL_KEY] = positions
     return out
 
 
 def job_scope(payload: Mapping[str, Any]) -> AbstractContextManager[ReadScope]:
     """A job's scope: it must see what the request that queued it saw."""
     wal = payload.get(WAL_KEY)
-    return _scoped(int(wal) if wal is not None else None)
+    positions = {str(c): int(p) for c, p in wal.items()} if isinstance(wal, dict) else None
+    return _scoped(positions)
 
 
 # -- fresh reads ----------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -41,6 +41,7 @@ class ShardMap:
     version: int
     ranges: tuple[ShardRange, ...]
     logical: int = LOGICAL_SHARDS
+    _firsts: tuple[int, ...] = field(init=False, repr=False, compare=False, default=())
 
     def __post_init__(self) -> None:
         expected = 0
@@ -56,15 +57,14 @@ class ShardMap:
                 f"shard map v{self.version}: ranges end at {expected - 1}, "
                 f"not at {self.logical - 1}"
             )
-        object.__setattr__(self, "_firsts", [r.first for r in self.ranges])
+        object.__setattr__(self, "_firsts", tuple(r.first for r in self.ranges))
 
     # -- reading -----------------------------------------------------------------------
 
     def cluster_of(self, shard: int) -> str:
         if not 0 <= shard < self.logical:
             raise ShardMapError(f"logical shard {shard} outside 0..{self.logical - 1}")
-        firsts: list[int] = object.__getattribute__(self, "_firsts")
-        return self.ranges[bisect.bisect_right(firsts, shard) - 1].cluster
+        return self.ranges[bisect.bisect_right(self._firsts, shard) - 1].cluster
 
     @property
     def clusters(self) -> list[str]:

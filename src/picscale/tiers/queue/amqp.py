@@ -36,6 +36,7 @@ from aio_pika.abc import (
 from picscale.clock import utcnow
 from picscale.data.jobs import JobRepository
 from picscale.tiers.db import Database, WriteTx
+from picscale.tiers.db.shards import Shards
 from picscale.tiers.queue.port import ClaimedJob, DeadJob, JobState, NewJob
 from picscale.tiers.queue.tracing import traced
 
@@ -177,10 +178,10 @@ class Broker:
 
 class AmqpQueue:
     def __init__(
-        self, db: Database, url: str, *, max_attempts: int, max_crashes: int, prefetch: int
+        self, shards: Shards, url: str, *, max_attempts: int, max_crashes: int, prefetch: int
     ) -> None:
-        self._db = db
-        self._jobs = JobRepository(db)
+        self._shards = shards
+        self._jobs = JobRepository(shards)
         self._max_attempts = max_attempts
         self._max_crashes = max_crashes
         self._prefetch = max(1, prefetch)
@@ -224,9 +225,18 @@ class AmqpQueue:
         await self._jobs.mark_published(job_id)
 
     async def relay(self, min_age: float = RELAY_AFTER_SECONDS) -> int:
-        """Publish jobs whose rows committed but whose publish did not happen."""
+        """Publish jobs whose rows committed but whose publish did not happen (each
+        cluster's outbox in turn)."""
         published = 0
-        async with self._db.write() as tx:
+        for db in self._shards.clusters.values():
+            published += await self._relay(db, min_age)
+        if published:
+            log.info("jobs_relayed", count=published)
+        return published
+
+    async def _relay(self, db: Database, min_age: float) -> int:
+        published = 0
+        async with db.write() as tx:
             rows = await self._jobs.unpublished(tx, timedelta(seconds=min_age), RELAY_BATCH)
             for row in rows:
                 body = encode(row.id, row.kind, dict(row.payload), row.photo_id, row.owner_id)
@@ -235,8 +245,6 @@ class AmqpQueue:
                 )
                 await self._jobs.published_in(tx, row.id)
                 published += 1
-        if published:
-            log.info("jobs_relayed", count=published)
         return published
 
     # -- consuming ---------------------------------------------------------------------

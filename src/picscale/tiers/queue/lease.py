@@ -19,7 +19,8 @@ from typing import Any
 
 from picscale.clock import utcnow
 from picscale.data.jobs import JobRepository
-from picscale.tiers.db import Database, WriteTx
+from picscale.tiers.db import WriteTx
+from picscale.tiers.db.shards import Shards
 from picscale.tiers.epoch import EpochFile
 from picscale.tiers.queue.port import ClaimedJob, DeadJob, JobState, NewJob
 from picscale.tiers.queue.tracing import traced
@@ -33,14 +34,14 @@ WAKEUP_CHECK_SECONDS = 0.005
 class LeaseQueue:
     def __init__(
         self,
-        db: Database,
+        shards: Shards,
         *,
         lease_seconds: float,
         max_attempts: int,
         max_crashes: int,
         wakeup: EpochFile | None = None,
     ) -> None:
-        self._jobs = JobRepository(db)
+        self._jobs = JobRepository(shards)
         self._wakeup = wakeup
         self._seen_wakeup = wakeup.read() if wakeup is not None else 0
         self._lease = timedelta(seconds=lease_seconds)

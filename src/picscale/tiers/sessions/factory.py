@@ -6,19 +6,19 @@ from datetime import timedelta
 from urllib.parse import urlsplit
 
 from picscale.settings import Settings, SettingsError
-from picscale.tiers.db import Database
+from picscale.tiers.db.shards import Shards
 from picscale.tiers.redis_client import is_redis_url
 from picscale.tiers.sessions.port import SessionStore
 
 SESSION_TIMEOUT_SECONDS = 1.0
 
 
-def create_session_store(settings: Settings, db: Database) -> SessionStore:
+def create_session_store(settings: Settings, shards: Shards) -> SessionStore:
     scheme = urlsplit(settings.sessions.url).scheme
     if scheme == "database":
         from picscale.tiers.sessions.database import DatabaseSessionStore
 
-        return DatabaseSessionStore(db, timedelta(seconds=settings.sessions.ttl_seconds))
+        return DatabaseSessionStore(shards, timedelta(seconds=settings.sessions.ttl_seconds))
     if is_redis_url(settings.sessions.url):
         from picscale.tiers.redis_client import redis_client
         from picscale.tiers.sessions.redis import RedisSessionStore
