@@ -12,16 +12,22 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 from alembic import command
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from picscale.ids import EPOCH_MS, compose, shard_of
 from picscale.resharding.mover import (
+    POSTGRES_ONLY,
+    MoveError,
+    MoveInterrupted,
+    MoveRefused,
+    NoMoveUnderWay,
     ShardMover,
 )
 from picscale.settings import Settings
@@ -143,7 +149,7 @@ class Router:
                 self.fenced += 1
                 met_fence = met_fence or time.monotonic()
                 self.map = await async_wait_until(
-                    lambda: self._newer(seen.version), within=10, what="a newer shard map"
+                    lambda v=seen.version: self._newer(v), within=10, what="a newer shard map"
                 )
                 continue
             if met_fence is not None:
@@ -277,3 +283,186 @@ def _assert_no_move_left(layout: Layout) -> None:
         )
         == "0"
     )
+
+
+async def _move_stopped_after(layout: Layout, step: str) -> None:
+    """A move whose process dies right after ``step`` (nothing tidied up)."""
+    with pytest.raises(MoveInterrupted):
+        await layout.mover(fail_after=step).move(*MOVING, "c2")
+
+
+async def test_the_fence_refuses_writes_until_the_flip_then_they_land_on_the_target(
+    layout: Layout,
+) -> None:
+    c1 = layout.clusters["c1"]
+    await seed(c1, MOVING, 50)
+    before = await layout.store.load()
+    assert before is not None
+    await _move_stopped_after(layout, "fence")  # the fence is up, the map not flipped
+    user_id = new_id(MOVING[0] + 5)
+    with pytest.raises(ShardMoving):
+        async with c1.write() as tx:
+            await insert_user(tx.conn, user_id)
+    async with c1.write() as tx:  # the shards that stay are not fenced
+        await insert_user(tx.conn, new_id(STAYING[0]))
+
+    router = Router(layout, before)
+    write = asyncio.create_task(router.write(user_id, lambda conn: insert_user(conn, user_id)))
+    await async_wait_until(lambda: _truthy(router.fenced), what="the write to meet the fence")
+    assert not write.done()
+    report = await layout.mover().resume()
+    await asyncio.wait_for(write, 10)
+    assert report.map_version == before.version + 1
+    assert layout.pg["c2"].sql(f"SELECT count(*) FROM users WHERE id = {user_id}") == "1"
+    assert layout.pg["c1"].sql(f"SELECT count(*) FROM users WHERE id = {user_id}") == "0"
+    _assert_no_move_left(layout)
+
+
+async def _truthy(value: object) -> bool:
+    return bool(value)
+
+
+async def test_writes_in_flight_at_the_fence_finish_and_move(layout: Layout) -> None:
+    c1 = layout.clusters["c1"]
+    await seed(c1, MOVING, 50)
+    await _move_stopped_after(layout, "copy")
+    # a transaction that wrote to a moving shard before the fence, and commits under it
+    held_id = new_id(MOVING[1])
+    held = await c1.engine.connect()
+    await held.begin()
+    await insert_user(held, held_id)
+    raised = asyncio.Event()
+
+    def progress(line: str) -> None:
+        layout.lines.append(line)
+        if line.startswith("fence: raised"):
+            raised.set()
+
+    mover = ShardMover(layout.clusters, c1, layout.store, progress=progress, fence_timeout=10)
+    resumed = asyncio.create_task(mover.resume())
+    await asyncio.wait_for(raised.wait(), 30)
+    await held.commit()
+    await held.close()
+    report = await resumed
+    assert any("waiting for 1 transactions" in line for line in layout.lines), layout.lines
+    assert layout.pg["c2"].sql(f"SELECT count(*) FROM users WHERE id = {held_id}") == "1"
+    assert layout.pg["c1"].sql(f"SELECT count(*) FROM users WHERE id = {held_id}") == "0"
+    assert report.write_pause_seconds is not None
+
+
+async def test_a_fence_that_cannot_hold_is_lifted_and_the_move_fails_cleanly(
+    layout: Layout,
+) -> None:
+    c1 = layout.clusters["c1"]
+    await seed(c1, MOVING, 50)
+    await _move_stopped_after(layout, "copy")
+    held = await c1.engine.connect()  # in flight for longer than the fence may stand
+    await held.begin()
+    await insert_user(held, new_id(MOVING[0]))
+    mover = layout.mover(fence_timeout=0.2, fence_attempts=2)
+    with pytest.raises(MoveError, match="ran past the fence") as failure:
+        await mover.resume()
+    assert "--resume" in str(failure.value) and "--abort" in str(failure.value)
+    await held.rollback()
+    await held.close()
+    current = await layout.store.load()
+    assert current is not None and current.version == 1
+    assert layout.pg["c1"].sql("SELECT count(*) FROM shard_fences") == "0"
+    async with c1.write() as tx:  # the range takes writes again, on the source
+        await insert_user(tx.conn, new_id(MOVING[0]))
+    record = await mover.current()
+    assert record is not None and record.state == "failed" and record.step == "fence"
+    await layout.mover().abort()
+    assert layout.count("c2", "users", MOVING) == 0
+    assert layout.count("c1", "users", MOVING) == 51
+
+
+async def test_an_aborted_move_leaves_map_and_data_as_before(layout: Layout) -> None:
+    c1 = layout.clusters["c1"]
+    seeded = await seed(c1, MOVING, 300)
+    await _move_stopped_after(layout, "copy")
+    assert layout.count("c2", "users", MOVING) == len(seeded)  # the copy was made
+    mover = layout.mover()
+    await mover.abort()
+    current = await layout.store.load()
+    assert current is not None and current.version == 1 and current.owners(*MOVING) == {"c1"}
+    assert layout.count("c2", "users", MOVING) == 0
+    assert layout.count("c2", "photos", MOVING) == 0
+    assert layout.count("c1", "users", MOVING) == len(seeded)
+    assert layout.count("c1", "photos", MOVING) == len(seeded)
+    _assert_no_move_left(layout)
+    assert await mover.current() is None
+    with pytest.raises(NoMoveUnderWay, match="no move is under way"):
+        await mover.abort()
+    # and the range can be moved again later
+    report = await mover.move(*MOVING, "c2")
+    assert report.rows_copied == 2 * len(seeded)
+
+
+async def test_a_move_killed_after_the_copy_resumes_to_completion(layout: Layout) -> None:
+    c1 = layout.clusters["c1"]
+    seeded = await seed(c1, MOVING, 300)
+    await _move_stopped_after(layout, "copy")
+    mover = layout.mover()
+    record = await mover.current()
+    assert record is not None and (record.step, record.state) == ("fence", "running")
+    later = await seed(c1, MOVING, 20)  # the map still names c1: writes go on there
+    with pytest.raises(MoveRefused, match="under way"):
+        await mover.move(STAYING[0], STAYING[1], "c2")
+    report = await mover.resume()
+    assert report.map_version == 2
+    assert layout.count("c2", "users", MOVING) == len(seeded) + len(later)
+    assert layout.count("c1", "users", MOVING) == 0
+    _assert_no_move_left(layout)
+    with pytest.raises(NoMoveUnderWay):
+        await mover.resume()
+
+
+async def test_a_move_past_the_flip_cannot_be_aborted_only_resumed(layout: Layout) -> None:
+    c1 = layout.clusters["c1"]
+    seeded = await seed(c1, MOVING, 100)
+    await _move_stopped_after(layout, "flip")
+    with pytest.raises(MoveError, match="--resume"):
+        await layout.mover().abort()
+    # until the cleanup, the source keeps refusing writes by processes on the old map
+    with pytest.raises(ShardMoving):
+        async with c1.write() as tx:
+            await insert_user(tx.conn, new_id(MOVING[0]))
+    report = await layout.mover().resume()
+    assert report.write_pause_seconds is not None  # measured by the process that flipped
+    assert layout.count("c2", "users", MOVING) == len(seeded)
+    assert layout.count("c1", "users", MOVING) == 0
+    _assert_no_move_left(layout)
+
+
+async def test_moves_that_are_refused_change_nothing(layout: Layout) -> None:
+    mover = layout.mover()
+    with pytest.raises(MoveRefused, match="no cluster named 'c9': the layout has c1, c2"):
+        await mover.move(*MOVING, "c9")
+    with pytest.raises(MoveRefused, match="several clusters"):
+        await mover.move(4000, 4200, "c2")
+    with pytest.raises(MoveRefused, match="on c1 already"):
+        await mover.move(*MOVING, "c1")
+    layout.pg["c2"].sql("ALTER TABLE photos ADD COLUMN extra integer")
+    with pytest.raises(MoveRefused, match=r"schemas of c1 and c2 differ.*photos.*extra"):
+        await mover.move(*MOVING, "c2")
+    assert await mover.current() is None
+    with pytest.raises(NoMoveUnderWay):
+        await mover.resume()
+    current = await layout.store.load()
+    assert current is not None and current.version == 1
+
+
+async def test_a_move_on_sqlite_clusters_is_refused(tmp_path: Path) -> None:
+    clusters = {}
+    for name in ("c1", "c2"):
+        engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / name}.db")
+        clusters[name] = Database(engine, engine, "sqlite", name=name)
+    store = TableMapStore(clusters["c1"])
+    mover = ShardMover(clusters, clusters["c1"], store)
+    for attempt in (mover.move(*MOVING, "c2"), mover.resume(), mover.abort()):
+        with pytest.raises(MoveRefused) as refused:
+            await attempt
+        assert str(refused.value) == POSTGRES_ONLY
+    for db in clusters.values():
+        await db.dispose()

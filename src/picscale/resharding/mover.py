@@ -337,6 +337,10 @@ class ShardMover:
             xids = await pg.raise_fence(source, record.first, record.last)
             self._fence_at = time.monotonic()
             deadline = self._fence_at + self.fence_timeout
+            self._say(
+                f"fence: raised on {record.source} for shards {record.shards}, waiting for "
+                f"{len(xids)} transactions in flight (attempt {attempt}/{self.fence_attempts})"
+            )
             while True:
                 running = await pg.still_running(source, xids)
                 if not running or time.monotonic() >= deadline:
@@ -345,9 +349,8 @@ class ShardMover:
             if not running:
                 d["fence_at"] = time.time()
                 self._say(
-                    f"fence: up on {record.source} for shards {record.shards} "
-                    f"({len(xids)} transactions in flight, finished in "
-                    f"{(time.monotonic() - self._fence_at) * 1000:.0f} ms)"
+                    f"fence: up; the transactions in flight finished in "
+                    f"{(time.monotonic() - self._fence_at) * 1000:.0f} ms"
                 )
                 return "marker"
             await pg.lower_fence(source, record.first)
