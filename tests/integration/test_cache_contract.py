@@ -24,12 +24,13 @@ import pytest
 from picscale.observability.metrics import Metrics
 from picscale.settings import Settings, load_settings
 from picscale.tiers.cache import Cache, Found, create_cache
-from picscale.tiers.db import Database, create_database
+from picscale.tiers.db import Database
 from picscale.tiers.db.migrate import upgrade
 from tests.support.metrics import cache_events_of
 from tests.support.pg import PostgresServer
 from tests.support.redis_sentinel import start_sentinel_group
 from tests.support.redis_server import start_redis
+from tests.support.shards import local_shards
 from tests.support.waiting import async_wait_until
 
 
@@ -103,8 +104,9 @@ async def open_cache(cache_store: CacheStore) -> AsyncIterator[OpenCache]:
 
     async def open_process() -> Process:
         metrics = Metrics()
-        db = create_database(cache_store.settings, metrics)
-        process = Process(create_cache(cache_store.settings, db, metrics), db, metrics)
+        shards = local_shards(cache_store.settings, metrics)
+        db = shards.home
+        process = Process(create_cache(cache_store.settings, shards, metrics), db, metrics)
         opened.append(process)
         await process.cache.sync()  # as a request does before it reads
         return process

@@ -190,11 +190,11 @@ def test_settings_name_the_redis_schemes(tmp_path: Path) -> None:
     from picscale.observability.metrics import Metrics
     from picscale.settings import SettingsError, load_settings
     from picscale.tiers.cache import create_cache
-    from picscale.tiers.db import create_database
+    from tests.support.shards import local_shards
 
     settings = load_settings({}, data_dir=tmp_path, cache_url="memcached://x")
     with pytest.raises(SettingsError, match="redis://"):
-        create_cache(settings, create_database(settings, Metrics()), Metrics())
+        create_cache(settings, local_shards(settings), Metrics())
 
 
 def test_a_stampede_on_one_cold_key_loads_it_at_most_twice(

@@ -22,14 +22,14 @@ import redis as redis_sync
 from sqlalchemy import insert, select
 
 from picscale.data.schema import sessions, users
-from picscale.observability.metrics import Metrics
 from picscale.settings import Settings, load_settings
-from picscale.tiers.db import Database, create_database
+from picscale.tiers.db import Database
 from picscale.tiers.db.migrate import upgrade
 from picscale.tiers.sessions import SessionStore, create_session_store
 from tests.support.pg import PostgresServer
 from tests.support.redis_sentinel import start_sentinel_group
 from tests.support.redis_server import start_redis
+from tests.support.shards import local_shards
 from tests.support.waiting import async_wait_until
 
 SAME_INSTANT = timedelta(milliseconds=1)  # what a backend's timestamps may round away
@@ -122,8 +122,9 @@ async def open_sessions(session_backend: SessionBackend) -> AsyncIterator[OpenSe
 
     async def open_process(ttl_seconds: int | None = None) -> Process:
         settings = session_backend.settings.with_overrides(session_ttl_seconds=ttl_seconds)
-        db = create_database(settings, Metrics())
-        process = Process(create_session_store(settings, db), db)
+        shards = local_shards(settings)
+        db = shards.home
+        process = Process(create_session_store(settings, shards), db)
         opened.append(process)
         return process
 

@@ -15,9 +15,12 @@ from litestar.response import Template
 
 from picscale.domain.errors import DomainError, TooManyRequests
 from picscale.tiers.db import DatabaseUnavailable
+from picscale.tiers.db.database import ShardMoving
 from picscale.tiers.sessions import SessionStoreUnavailable
 
 log = structlog.get_logger(__name__)
+
+SHARD_MOVING_HEADER = "x-picscale-shard-moving"
 
 _MESSAGES = {
     400: "the request is malformed",
@@ -88,6 +91,12 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
         status = 503
         detail = "the session store is unavailable for a moment: try again shortly"
         headers = {"Retry-After": "2"}
+    elif isinstance(exc, ShardMoving):
+        # the request context replays the request once the map has moved on (the header
+        # is its signal, never sent to a client); what reaches a client is a 503
+        status = 503
+        detail = "this account's data is moving between database clusters: try again"
+        headers = {"Retry-After": "1", SHARD_MOVING_HEADER: str(exc.map_version or 0)}
     elif isinstance(exc, DatabaseUnavailable):
         log.warning("database_unavailable", error=repr(exc)[:300])
         status = 503

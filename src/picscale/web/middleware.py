@@ -18,6 +18,7 @@ from litestar.enums import ScopeType
 
 from picscale.tiers.db.read_your_writes import current_scope, request_scope
 from picscale.web.caching import PRIVATE
+from picscale.web.errors import SHARD_MOVING_HEADER
 
 if TYPE_CHECKING:
     from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Send
@@ -52,10 +53,83 @@ async def _drain(receive: Receive, done: Callable[[], bool]) -> None:
         await asyncio.wait_for(drain(), timeout=DRAIN_TIMEOUT_SECONDS)
 
 
+# a write fenced by a shard move is replayed once the map names the shard's new cluster:
+# its body is kept while the handler reads it, up to this much (an upload's limit)
+REPLAY_BODY_LIMIT = 64 * 1024 * 1024
+REPLAYS = 3
+_MOVING = SHARD_MOVING_HEADER.encode()
+
+
+class _Replayable:
+    """The request's body as the handler read it, to hand the same body to a replay."""
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self._kept: list[ReceiveMessage] = []
+        self._size = 0
+        self.complete = False  # the whole body was read
+        self.too_big = False
+
+    async def first(self) -> ReceiveMessage:
+        message = await self._receive()
+        if message["type"] == "http.request":
+            self._size += len(message.get("body", b""))
+            if self._size > REPLAY_BODY_LIMIT:
+                self.too_big = True
+                self._kept.clear()
+            elif not self.too_big:
+                self._kept.append(message)
+            if not message.get("more_body", False):
+                self.complete = True
+        return message
+
+    def again(self) -> Receive:
+        kept = list(self._kept)
+
+        async def receive() -> ReceiveMessage:
+            if kept:
+                return kept.pop(0)
+            return await self._receive()
+
+        return receive
+
+    @property
+    def replayable(self) -> bool:
+        return not self.too_big
+
+
 class RequestContext:
     def __init__(self, app: ASGIApp, services: Callable[[], Services]) -> None:
         self.app = app
         self.services = services  # resolved per request: the tiers start after the app
+
+    async def _attempt(
+        self, scope: Scope, receive: Receive, send: Send, *, last: bool
+    ) -> int | None:
+        """Run the request once. A response that says a shard move fenced its write is
+        held back (None is returned otherwise): the map version it was routed by, for
+        the caller to replay it once the map moved on; on the ``last`` attempt it goes
+        out as the 503 it is, without the signal."""
+        held = False
+        moved_from: int | None = None
+
+        async def send_or_hold(message: Message) -> None:
+            nonlocal held, moved_from
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", ()))
+                signal = [v for k, v in headers if k.lower() == _MOVING]
+                if signal:
+                    message["headers"] = [(k, v) for k, v in headers if k.lower() != _MOVING]
+                    if not last:
+                        held, moved_from = True, int(signal[0] or b"0")
+                        return
+            if held:
+                return
+            await send(message)
+
+        with request_scope():
+            await self.app(scope, receive, send_or_hold)
+        return moved_from if held else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
@@ -94,8 +168,18 @@ class RequestContext:
             # see the writes other processes made since this process last looked
             services = self.services()
             await services.cache.sync()
-            with request_scope():
-                await self.app(scope, receive_tracked, send_with_id)
+            body = _Replayable(receive_tracked)
+            receive_now: Receive = body.first
+            for attempt in range(REPLAYS + 1):
+                moved_from = await self._attempt(
+                    scope, receive_now, send_with_id, last=attempt == REPLAYS or not body.replayable
+                )
+                if moved_from is None:
+                    break
+                # a move's fence: wait for the map that names the new cluster, then again
+                await services.shards.wait_moved(moved_from)
+                log.info("request_replayed_after_shard_move", attempt=attempt + 1)
+                receive_now = body.again()
             if not body_read and status >= 400:
                 # refused before its body was read (too large, not allowed): read the rest,
                 # so the client gets our answer rather than a connection reset mid-send

@@ -25,13 +25,14 @@ import structlog
 from picscale.clock import utcnow
 from picscale.imaging import Operation, Rendered, configure_vips, render
 from picscale.jobs import handlers
-from picscale.jobs.handler import JobRefused
+from picscale.jobs.handler import JobHandler, JobRefused
 from picscale.jobs.render_version import Renderer
 from picscale.observability.logging import configure_logging
 from picscale.observability.metrics import Metrics
 from picscale.services import Services, build_services
 from picscale.settings import Settings
 from picscale.tiers.db import WriteTx
+from picscale.tiers.db.database import ShardMoving
 from picscale.tiers.db.read_your_writes import job_scope
 from picscale.tiers.queue import ClaimedJob
 from picscale.worker.metrics_server import serve_metrics
@@ -131,6 +132,18 @@ class Worker:
         )
 
     # -- the loop --------------------------------------------------------------------
+
+    async def _run_handler(self, handler: JobHandler, job: ClaimedJob) -> dict[str, Any]:
+        """The handler, run again when a shard move fenced its write (once the map
+        names the new cluster): a move's pause is not a failed attempt."""
+        for attempt in range(MOVE_RETRIES + 1):
+            try:
+                return await _run_once(self.services, handler, job)
+            except ShardMoving as exc:
+                if attempt == MOVE_RETRIES:
+                    raise
+                await self.services.shards.wait_moved(exc.map_version or 0)
+        raise AssertionError("unreachable")
 
     async def run(self, stop: asyncio.Event) -> None:
         concurrency = self.settings.worker.concurrency
@@ -250,12 +263,7 @@ class Worker:
                 limit = handler.time_limit or self.settings.worker.time_limit_seconds
                 try:
                     # the job reads at least what the request that queued it had seen
-                    with job_scope(job.payload):
-                        completion = Completion(self.services, job)
-                        result = await asyncio.wait_for(handler.run(job, completion), limit)
-                        if not completion.done:
-                            async with completion.storing(result):
-                                pass
+                    result = await asyncio.wait_for(self._run_handler(handler, job), limit)
                     log.info("job_done", result=result)
                 except JobRefused as exc:
                     outcome = await queue.fail(job, exc.message, permanent=True)
@@ -278,6 +286,20 @@ class Worker:
                 log.warning("job_not_done", outcome=label)
             structlog.contextvars.unbind_contextvars("request_id", "job_id", "job_kind")
         return label
+
+
+MOVE_RETRIES = 3
+
+
+async def _run_once(services: Services, handler: JobHandler, job: ClaimedJob) -> dict[str, Any]:
+    # the job reads at least what the request that queued it had seen
+    with job_scope(job.payload):
+        completion = Completion(services, job)
+        result = await handler.run(job, completion)
+        if not completion.done:
+            async with completion.storing(result):
+                pass
+    return result
 
 
 async def run_worker(
