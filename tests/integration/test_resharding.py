@@ -30,6 +30,8 @@ from picscale.resharding.mover import (
     NoMoveUnderWay,
     ShardMover,
 )
+from picscale.resharding.rebalance import EVENLY, Move, plan_rebalance, rebalance, shard_loads
+from picscale.resharding.status import ShardStats, format_status, shard_status
 from picscale.settings import Settings
 from picscale.tiers.db.database import FENCE_SQLSTATE, Database, ShardMoving
 from picscale.tiers.db.engines import async_url, postgres_engine
@@ -466,3 +468,127 @@ async def test_a_move_on_sqlite_clusters_is_refused(tmp_path: Path) -> None:
         assert str(refused.value) == POSTGRES_ONLY
     for db in clusters.values():
         await db.dispose()
+
+
+# -- shards status -----------------------------------------------------------------------
+
+
+def _record_traffic(layout: Layout, hits: dict[int, int]) -> None:
+    minute = int(time.time() // 60)
+    values = ",".join(f"({shard}, {minute}, {n}, 0)" for shard, n in hits.items())
+    layout.pg["c1"].sql(f"INSERT INTO shard_traffic (shard, minute, reads, writes) VALUES {values}")
+
+
+async def test_status_shows_rows_bytes_ranges_hot_shards_and_the_move(layout: Layout) -> None:
+    await seed(layout.clusters["c1"], MOVING, 40)
+    await seed(layout.clusters["c2"], (5000, 5001), 10)
+    _record_traffic(layout, {150: 900, 5000: 100})
+    status = await shard_status(layout.clusters, layout.clusters["c1"], layout.store)
+    c1, c2 = status.clusters
+    assert (c1.name, c1.shards, c1.rows) == ("c1", 4096, 80)  # users and photos
+    assert (c2.name, c2.shards, c2.rows) == ("c2", 4096, 20)
+    assert c1.bytes > 0 and c2.bytes > 0
+    assert [(h.shard, h.cluster, h.hits) for h in status.hottest] == [
+        (150, "c1", 900),
+        (5000, "c2", 100),
+    ]
+    lines = format_status(status).splitlines()
+    assert lines[0] == "shard map v1: 8192 logical shards"
+    assert lines[1].split() == ["cluster", "shards", "rows", "bytes", "ranges"]
+    assert lines[2].split()[:3] == ["c1", "4096", "80"] and lines[2].endswith("  0-4095")
+    assert lines[3].split()[:3] == ["c2", "4096", "20"] and lines[3].endswith("  4096-8191")
+    assert lines[4] == "hottest shards (reads+writes, last 5 minutes):"
+    assert lines[5].split() == ["shard", "150", "on", "c1", "900", "90.0%"]
+    assert lines[-1] == "no move under way"
+
+    await _move_stopped_after(layout, "copy")
+    status = await shard_status(layout.clusters, layout.clusters["c1"], layout.store)
+    assert status.clusters[1].rows == 20 + 80  # the copy, before the flip
+    assert (
+        format_status(status)
+        .splitlines()[-1]
+        .startswith("move 1: shards 100-199 c1 -> c2, step fence, running (started ")
+    )
+    await layout.mover().abort()
+
+
+# -- the rebalance planner ---------------------------------------------------------------
+
+
+def _loads_after(map_: ShardMap, plan: list[Move], stats: ShardStats) -> dict[str, float]:
+    for move in plan:
+        assert map_.owners(move.first, move.last) == {move.source}
+        map_ = map_.assign(move.first, move.last, move.target)
+    loads = shard_loads(map_.logical, stats)
+    out: dict[str, float] = {}
+    for shard, load in enumerate(loads):
+        name = map_.cluster_of(shard)
+        out[name] = out.get(name, 0.0) + load
+    return out
+
+
+def test_rebalance_onto_a_new_cluster_moves_half_the_load_in_one_range() -> None:
+    one = ShardMap.even(["c1"])
+    stats = ShardStats(rows={s: 10 for s in range(8192)}, traffic={})
+    plan = plan_rebalance(one, stats, ["c1", "c2"])
+    assert len(plan) == 1 and plan[0].source == "c1" and plan[0].target == "c2"
+    assert plan[0].last - plan[0].first + 1 == 4096
+    loads = _loads_after(one, plan, stats)
+    assert abs(loads["c1"] - loads["c2"]) < 0.01
+
+
+def test_rebalance_goes_by_rows_and_traffic_not_by_shard_count() -> None:
+    even = ShardMap.even(["c1", "c2"])  # as many shards each, but c1 has the rows and the hits
+    stats = ShardStats(
+        rows={s: 100 if s < 4096 else 1 for s in range(8192)},
+        traffic={s: 50 for s in range(0, 512)},
+    )
+    plan = plan_rebalance(even, stats, ["c1", "c2"])
+    assert plan and all(m.source == "c1" and m.target == "c2" for m in plan)
+    loads = _loads_after(even, plan, stats)
+    assert abs(loads["c1"] - loads["c2"]) / (loads["c1"] + loads["c2"]) < 0.05
+
+
+def test_a_hot_shard_is_balanced_by_moving_the_rest() -> None:
+    even = ShardMap.even(["c1", "c2"])
+    stats = ShardStats(rows={s: 10 for s in range(8192)}, traffic={17: 10_000, 5000: 100})
+    plan = plan_rebalance(even, stats, ["c1", "c2"])
+    loads = _loads_after(even, plan, stats)
+    before = _loads_after(even, [], stats)
+    assert abs(loads["c1"] - loads["c2"]) < abs(before["c1"] - before["c2"])
+    assert abs(loads["c1"] - loads["c2"]) / (loads["c1"] + loads["c2"]) < 0.05
+
+
+def test_rebalance_of_an_even_layout_plans_nothing() -> None:
+    even = ShardMap.even(["c1", "c2"])
+    stats = ShardStats(rows={s: 7 for s in range(8192)}, traffic={s: 1 for s in range(8192)})
+    assert plan_rebalance(even, stats, ["c1", "c2"]) == []
+
+
+def test_rebalance_onto_fewer_clusters_drains_the_others() -> None:
+    three = ShardMap.even(["c1", "c2", "c3"])
+    stats = ShardStats(rows={s: 5 for s in range(8192)}, traffic={})
+    plan = plan_rebalance(three, stats, ["c1", "c2"])
+    loads = _loads_after(three, plan, stats)
+    assert set(loads) == {"c1", "c2"}
+    assert abs(loads["c1"] - loads["c2"]) / (loads["c1"] + loads["c2"]) < 0.05
+
+
+async def test_rebalance_runs_its_plan_one_move_at_a_time(layout: Layout) -> None:
+    # everything on c1 (map v2), rows on a few shards only: the plan follows the rows
+    current = await layout.store.load()
+    assert current is not None and await layout.store.publish(current.assign(0, 8191, "c1"))
+    await seed(layout.clusters["c1"], (10, 20), 200)
+    await seed(layout.clusters["c1"], (6000, 6010), 200)
+    lines: list[str] = []
+    dry = await rebalance(
+        layout.clusters, layout.clusters["c1"], layout.store, 2, dry_run=True, progress=lines.append
+    )
+    assert dry.plan and not dry.reports and lines[-1] == "dry run: nothing moved"
+    done = await rebalance(layout.clusters, layout.clusters["c1"], layout.store, 2)
+    assert len(done.reports) == len(done.plan) == len(dry.plan)
+    assert 0.4 < int(layout.pg["c2"].sql("SELECT count(*) FROM users")) / 400 < 0.6
+    again: list[str] = []
+    await rebalance(layout.clusters, layout.clusters["c1"], layout.store, 2, progress=again.append)
+    assert again == [EVENLY]
+    _assert_no_move_left(layout)
