@@ -437,9 +437,9 @@ class ShardMover:
                 said[0] = time.monotonic()
                 self._say(f"cleanup: {n} rows deleted from {record.source}")
 
-        deleted = await pg.delete_range(source, record.first, record.last, progress=deleting)
         await pg.delete_markers(source, record.first, record.last)
         await pg.delete_markers(target, record.first, record.last)
+        deleted = await pg.delete_range(source, record.first, record.last, progress=deleting)
         if await pg.lower_fence(source, record.first) == 0:
             await pg.drop_fence_triggers(source)
         record.detail["rows_deleted"] = deleted
@@ -472,9 +472,10 @@ class ShardMover:
         return self.clusters[record.source]
 
     def _say(self, line: str) -> None:
-        log.info("shard_move", line=line)
-        if self._progress is not None:
+        if self._progress is not None:  # an operator's command shows them
             self._progress(line)
+        else:
+            log.info("shard_move", line=line)
 
     def _require_postgres(self) -> None:
         dbs = [*self.clusters.values(), self.global_db]
