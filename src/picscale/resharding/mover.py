@@ -173,8 +173,9 @@ class ShardMover:
                 )
             source, target = self._source(record), self.clusters[record.target]
             self._say(f"aborting {record.describe()}")
+            oid = await self._subscription_oid(record)
             await pg.drop_subscription(target, record.name)
-            await pg.drop_slots(source, record.name, record.detail.get("subscription_oid"))
+            await pg.drop_slots(source, record.name, oid)
             await pg.drop_publication(source, record.name)
             if await pg.lower_fence(source, record.first) == 0:
                 await pg.drop_fence_triggers(source)
@@ -418,8 +419,9 @@ class ShardMover:
 
     async def _step_lift(self, record: MoveRecord) -> str:
         source, target = self._source(record), self.clusters[record.target]
+        oid = await self._subscription_oid(record)
         await pg.drop_subscription(target, record.name)
-        await pg.drop_slots(source, record.name, record.detail.get("subscription_oid"))
+        await pg.drop_slots(source, record.name, oid)
         await pg.drop_publication(source, record.name)
         self._say(f"lift: subscription, slot and publication {record.name} dropped")
         return "cleanup"
@@ -467,6 +469,14 @@ class ShardMover:
     async def _flipped(self, record: MoveRecord) -> bool:
         current = await self.store.load()
         return current is not None and current.owners(record.first, record.last) == {record.target}
+
+    async def _subscription_oid(self, record: MoveRecord) -> int | None:
+        """Its table-sync slots are named after it (a process may have died before
+        recording it)."""
+        oid = record.detail.get("subscription_oid")
+        if oid is None:
+            oid = await pg.subscription_oid(self.clusters[record.target], record.name)
+        return int(oid) if oid is not None else None
 
     def _source(self, record: MoveRecord) -> Database:
         return self.clusters[record.source]

@@ -372,7 +372,9 @@ async def has_fence_triggers(db: Database) -> bool:
 
 async def raise_fence(db: Database, first: int, last: int) -> list[str]:
     """Fence ``first..last`` (committed), then the transactions that were running at the
-    commit: any of them may still write to the range, having passed the trigger before."""
+    commit: any of them may still write to the range, having passed the trigger before.
+    One that has not written yet has no xid and is not listed: its next statement takes a
+    new snapshot (READ COMMITTED, the service's level) and meets the fence."""
     async with session(db) as conn:
         await conn.exec_driver_sql(
             'INSERT INTO shard_fences ("first", "last", created_at) VALUES ($1, $2, now()) '
