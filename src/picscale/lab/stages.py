@@ -1,6 +1,6 @@
 """The stages of the scaling path, and the engines each runs, in the order they start.
 Each stage runs the one before it and more (from stage 4 Patroni's cluster replaces the
-single PostgreSQL)."""
+single PostgreSQL; from stage 9 a second Patroni cluster holds half the shards)."""
 
 from __future__ import annotations
 
@@ -74,6 +74,11 @@ STAGES = {stage.number: stage for stage in (
           (Etcd(), Patroni(), Redis(sessions=True), RabbitMQ(),
            WebServers(servers=2, autoscaled=True), Workers(count=2), HAProxy(), Varnish(),
            Exporters(), Prometheus())),
+    Stage(9, "sharding: a second PostgreSQL cluster (c2, Patroni) holds half the logical "
+             "shards; the shard map in etcd; `drill shard-move` moves shards under load",
+          (Etcd(), Patroni(), Patroni(cluster="c2", nodes=2), Redis(sessions=True),
+           RabbitMQ(), WebServers(servers=2, autoscaled=True), Workers(count=2), HAProxy(),
+           Varnish(), Exporters(), Prometheus())),
 )}
 # fmt: on
 MAX_STAGE = max(STAGES)

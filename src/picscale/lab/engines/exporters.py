@@ -1,5 +1,5 @@
 """The Prometheus exporters (stage 8) of what has no metrics endpoint of its own: the
-machine, PostgreSQL (every Patroni node), Redis (each node) and Varnish."""
+machine, PostgreSQL (every Patroni node of every cluster), Redis (each node) and Varnish."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from picscale.lab.engine import Component, Engine, ScrapeJob
-from picscale.lab.engines.patroni import PATRONI_NODES
+from picscale.lab.engines.patroni import shard_clusters
 from picscale.lab.engines.postgres import DATABASE
 from picscale.lab.engines.redis import NODES as REDIS_NODES
 from picscale.lab.engines.varnish import work_dir
@@ -44,8 +44,9 @@ class Exporters(Engine):
             return f"127.0.0.1:{layout.ports[name]}"
 
         dsn = ",".join(
-            f"postgresql://postgres@127.0.0.1:{layout.ports[f'pg{n}']}/{DATABASE}?sslmode=disable"
-            for n in range(1, PATRONI_NODES + 1)
+            f"postgresql://postgres@127.0.0.1:{layout.ports[c.pg(n)]}/{DATABASE}?sslmode=disable"
+            for c in shard_clusters(layout)
+            for n in c.numbers()
         )
         return [
             _exporter(
@@ -58,7 +59,7 @@ class Exporters(Engine):
             _exporter(
                 layout,
                 "pg_exporter",
-                "PostgreSQL metrics (every node)",
+                "PostgreSQL metrics (every node of every cluster)",
                 [
                     "prometheus-postgres-exporter",
                     f"--web.listen-address={listen('pg_exporter')}",

@@ -32,6 +32,17 @@ def accepts_connections(port: int) -> bool:
     return result.returncode == 0
 
 
+def query(port: int, sql: str, *, database: str = DATABASE, timeout: float = 10) -> list[str]:
+    """The rows of ``sql`` on the server at ``port``, one line each (columns joined by |);
+    [] if the server does not answer."""
+    result = subprocess.run(
+        [str(PG_BIN / "psql"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
+         "-d", database, "-Atqc", sql],
+        capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+    return result.stdout.splitlines() if result.returncode == 0 else []
+
+
 def create_database(port: int) -> None:
     """The app's database on the server at ``port``, unless it is there already."""
     psql = [str(PG_BIN / "psql"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-Atq"]
