@@ -1,6 +1,6 @@
 """Shared fixtures: one real `picscale serve` per backend (on the embedded SQLite database,
-on a real PostgreSQL server, and with its jobs on a real RabbitMQ), shared by the test
-modules that ask for it.
+on two PostgreSQL databases as two shard clusters, and on two SQLite files as two shard
+clusters with its jobs on a real RabbitMQ), shared by the test modules that ask for it.
 
 PostgreSQL and RabbitMQ start once per run (per xdist worker); each user gets a database
 or a virtual host of its own on them, so nothing a test leaves behind is seen by another.
@@ -53,13 +53,17 @@ def server(
         "login_failures_per_account": 3,
         "login_failures_per_address": 50,
     }
-    if request.param == "postgresql":
+    data_dir = tmp_path_factory.mktemp("picscale")
+    if request.param == "postgresql":  # sharded: two clusters, users spread over both
         pg: PostgresServer = request.getfixturevalue("postgres_server")
-        settings["database_url"] = pg.new_database().url
-    if request.param == "rabbitmq":  # SQLite, with the jobs on a real broker
+        settings["database_url"] = f"c1={pg.new_database().url};c2={pg.new_database().url}"
+    if request.param == "rabbitmq":  # two SQLite files as clusters, jobs on a real broker
         node: RabbitServer = request.getfixturevalue("rabbitmq_node")
         settings["queue_url"] = node.vhost().url
-    srv = start_server(tmp_path_factory.mktemp("picscale"), job_workers=1, **settings)
+        settings["database_url"] = (
+            f"c1=sqlite:///{data_dir / 'c1.db'};c2=sqlite:///{data_dir / 'c2.db'}"
+        )
+    srv = start_server(data_dir, job_workers=1, **settings)
     yield srv
     srv.close()
 

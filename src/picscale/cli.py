@@ -510,13 +510,15 @@ def lab_down(lab_dir: Path) -> None:
     click.echo(f"stopped {len(stopped)} processes; none is left")
 
 
-def _add_load_command() -> None:
+def _add_load_and_shards_commands() -> None:
     from picscale.load.cli import load  # click alone: neither Locust nor the app
+    from picscale.resharding.cli import shards
 
     main.add_command(load)
+    main.add_command(shards)
 
 
-_add_load_command()
+_add_load_and_shards_commands()
 
 
 @main.command()

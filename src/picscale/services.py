@@ -26,6 +26,7 @@ from picscale.tiers.events import JobEvents, create_job_events
 from picscale.tiers.queue import JobQueue, create_job_queue
 from picscale.tiers.sessions import SessionStore, create_session_store
 from picscale.tiers.storage import MediaStore, create_media_store
+from picscale.tiers.timelines import TimelineStore, create_timelines
 
 
 @dataclass(slots=True)
@@ -44,6 +45,7 @@ class Services:
     events: JobEvents
     edge: Edge
     sticking: Sticking  # read-your-writes: a user's last write, kept in their session
+    timelines: TimelineStore  # the home feed's, filled by fan-out
 
     _started: bool = False
     _node_lease: Any = None
@@ -73,6 +75,7 @@ class Services:
         await self.queue.close()
         await self.cache.close()
         await self.storage.close()
+        await self.timelines.close()
         await self.shards.dispose()
 
 
@@ -84,6 +87,7 @@ def build_services(settings: Settings, metrics: Metrics | None = None) -> Servic
     queue = create_job_queue(settings, shards)
     ids = IdGenerator(settings.shards.logical)
     edge = create_edge(settings, metrics)
+    timelines = create_timelines(settings, shards)
     throttle = LoginThrottle(
         shards,
         per_account=settings.login.failures_per_account,
@@ -112,7 +116,10 @@ def build_services(settings: Settings, metrics: Metrics | None = None) -> Servic
         ids=ids,
         users=Users(shards, cache, ids, throttle),
         photos=photos,
-        social=Social(shards, cache, photos, queue, ids, feed_ttl=settings.feed.cache_seconds),
+        social=Social(
+            shards, cache, photos, queue, ids, timelines, timeline_max=settings.feed.timeline_max
+        ),
+        timelines=timelines,
         events=create_job_events(settings, same_host=shards.dialect == "sqlite"),
         edge=edge,
         sticking=Sticking(

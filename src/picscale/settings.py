@@ -135,7 +135,6 @@ class PhotoSettings:
 class FeedSettings:
     page_size: int = variable("FEED_PAGE_SIZE", 20)
     max_page_size: int = variable("MAX_PAGE_SIZE", 100)
-    cache_seconds: float = variable("FEED_CACHE_SECONDS", 15.0)  # a first page of ids (README)
     # hybrid fan-out: authors with more followers than this are merged in at read time
     fanout_max_followers: int = variable("FEED_FANOUT_MAX_FOLLOWERS", 10_000)
     fanout_batch: int = variable("FEED_FANOUT_BATCH", 1000)  # followers per fan-out job

@@ -23,6 +23,7 @@ async def test_running_a_job_twice_makes_one_version(tmp_path: Path) -> None:
     settings = load_settings({}, data_dir=tmp_path, job_workers=0)
     await asyncio.to_thread(upgrade, settings)
     services = build_services(settings)
+    await services.start()
 
     async def renderer(source: bytes, ops: Sequence[Operation], max_pixels: int) -> Rendered:
         return await asyncio.to_thread(render, source, ops, max_pixels=max_pixels)
@@ -34,17 +35,20 @@ async def test_running_a_job_twice_makes_one_version(tmp_path: Path) -> None:
         first = await services.queue.claim("w1")
         assert first is not None and first.kind == RENDER_JOB
         assert await worker.process(first) == "done"
+        spread = await services.queue.claim("w1")  # the upload's fan-out into timelines
+        assert spread is not None and spread.kind == "fan_out"
+        assert await worker.process(spread) == "done"
         edit = await services.photos.request_edit(user, photo.id, [Blur(sigma=2)])
         job = await services.queue.claim("w1")
         assert job is not None and job.id == edit.id
 
         # the same job delivered again, e.g. after a lost acknowledgement
         assert await worker.process(job) == "done"
-        async with services.db.write() as tx:
+        async with services.shards.write(job.id) as tx:
             await tx.conn.execute(update(jobs).where(jobs.c.id == job.id).values(status="running"))
         assert await worker.process(job) == "done"
 
-        async with services.db.read() as conn:
+        async with services.shards.read(photo.id) as conn:
             count = await conn.scalar(
                 select(func.count())
                 .select_from(photo_versions)
@@ -63,6 +67,7 @@ async def test_worker_process_loop_runs_a_job(tmp_path: Path) -> None:
     settings = load_settings({}, data_dir=tmp_path, job_concurrency=1, job_poll_seconds=0.01)
     await asyncio.to_thread(upgrade, settings)
     services = build_services(settings)
+    await services.start()
     stop = asyncio.Event()
     try:
         user = await services.users.sign_up("looper", "password123", None)

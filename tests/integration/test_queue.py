@@ -187,16 +187,21 @@ def test_a_job_committed_but_never_published_is_relayed(
         broker.stop()  # the commit happens; the publish cannot
         photo = upload(client, image_bytes(100, 100))["id"]
         rows = job_rows(tmp_path)
-        assert [published for _, _, published in rows.values()] == [None]  # in the outbox
+        # the photo's render and its fan-out, both in the outbox
+        assert [published for _, _, published in rows.values()] == [None, None]
         broker.start()
         env = base_env(tmp_path, queue_url=broker.url, log_level="info")
         worker = start_worker(tmp_path, env)
         try:
             wait_ready(client, photo)
+            wait_until(
+                lambda: {s for s, _, _ in job_rows(tmp_path).values()} == {"done"},
+                what="both jobs to be done",
+            )
         finally:
             worker.stop()
-        (status, attempts, published) = next(iter(job_rows(tmp_path).values()))
-        assert (status, attempts) == ("done", 1) and published is not None
+        for status, attempts, published in job_rows(tmp_path).values():
+            assert (status, attempts) == ("done", 1) and published is not None
         log = (tmp_path / "worker.log").read_text().splitlines()
         events = [json.loads(line).get("event") for line in log if line.startswith("{")]
         assert "jobs_relayed" in events  # the relay published it, not the request

@@ -104,10 +104,11 @@ def test_no_stale_read_after_any_write(pair: tuple[Server, Server]) -> None:
     assert (edited["version"], edited["width"]) == (2, 50)
     assert feed(fan_reader) == [(photo["id"], 2)]  # the cached feed page holds ids only
 
-    assert profile()["follower_count"] == 1  # follow
+    # follow: the followee's count follows by a job, within seconds
+    wait_until(lambda: profile()["follower_count"] == 1, what="the follower count")
     assert second.client().get(f"/api/v1/users/{f['username']}").json()["following_count"] == 1
     assert fan.delete(f"/api/v1/users/{name}/follow").status_code == 204
-    assert profile()["follower_count"] == 0  # unfollow
+    wait_until(lambda: profile()["follower_count"] == 0, what="the follower count")  # unfollow
     assert feed(fan_reader) == []
 
     assert writer.patch("/api/v1/me", json={"display_name": "Changed"}).status_code == 200

@@ -259,6 +259,16 @@ usernames = Table(
     Column("created_at", UtcDateTime(), nullable=False),
 )
 
+# global: authors with more followers than the fan-out threshold: their photos are not
+# pushed into timelines but merged into their followers' feeds when read
+celebrities = Table(
+    "celebrities",
+    metadata,
+    Column("user_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("followers", BigInteger, nullable=False),
+    Column("since", UtcDateTime(), nullable=False),
+)
+
 # global: the shard map's versions (the embedded map store; etcd in the lab)
 shard_map = Table(
     "shard_map",

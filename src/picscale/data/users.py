@@ -118,6 +118,17 @@ class UserRepository:
             following_count=row.following_count,
         )
 
+    async def follower_count(self, user_id: int) -> int:
+        """On the primary (a job deciding about fan-out): the row's count plus the slots."""
+        async with self._shards.read_on_primary(user_id, "jobs") as conn:
+            base = await conn.scalar(select(users.c.follower_count).where(users.c.id == user_id))
+            slots = await conn.scalar(
+                select(func.coalesce(func.sum(user_counters.c.followers), 0)).where(
+                    user_counters.c.user_id == user_id
+                )
+            )
+        return int(base or 0) + int(slots or 0)
+
     async def named(self, username: str) -> tuple[int, str] | None:
         """(id, username) of the user called ``username``."""
         user_id = await self.id_of(username)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 SCHEMA_VERSION = "v1"  # bump when a cached shape changes: a deploy never reads old shapes
 
-# first pages of a gallery or a feed in these sizes are cached (and invalidated)
+# first pages of a gallery in these sizes are cached (and invalidated)
 CACHED_PAGE_SIZES = (12, 20)
 
 
@@ -21,16 +21,9 @@ def user_photos_key(user_id: int, page_size: int) -> str:
     return f"{SCHEMA_VERSION}:user_photos:{user_id}:first:{page_size}"
 
 
-def feed_key(user_id: int, page_size: int) -> str:
-    """The ids on the first page of a home feed (bodies come from ``photo_key``)."""
-    return f"{SCHEMA_VERSION}:feed:{user_id}:first:{page_size}"
-
-
 def first_pages(user_id: int) -> list[str]:
-    """A user's gallery and their own feed (which shows their photos too)."""
-    return [user_photos_key(user_id, n) for n in CACHED_PAGE_SIZES] + [
-        feed_key(user_id, n) for n in CACHED_PAGE_SIZES
-    ]
+    """A user's gallery's first pages (feeds are timelines: ``tiers/timelines``)."""
+    return [user_photos_key(user_id, n) for n in CACHED_PAGE_SIZES]
 
 
 def photo_changed(photo_id: int, owner_id: int, owner_username: str) -> list[str]:

@@ -37,7 +37,7 @@ from picscale.domain.paging import page_of, parse_cursor
 from picscale.domain.records import JobRecord, Page, PhotoRecord, UserRecord
 from picscale.ids import IdGenerator, shard_of
 from picscale.imaging import ImageRejected, InvalidEdit, Operation, probe, validate_operations
-from picscale.jobs import drop_followee, follow_mirror, purge_edge, render_version
+from picscale.jobs import drop_followee, fan_out, follow_mirror, purge_edge, render_version
 from picscale.tiers.cache import Cache
 from picscale.tiers.db import WriteTx
 from picscale.tiers.db.shards import Shards
@@ -173,12 +173,16 @@ class Photos:
             version=1,
             operations=[],
         )
+        spread = fan_out.new_job(
+            self._ids.next_id(shard_of(owner.id)), author=owner.id, photo_id=photo.id
+        )
         await self._storage.put(source_key(photo.id), data, info.format.content_type)
         try:
             async with self._shards.write(owner.id) as tx:
                 await self._photos.insert(tx, photo)
                 await self._users.count_photos(tx, owner.id, +1)
                 await self._queue.enqueue(tx, render)
+                await self._queue.enqueue(tx, spread)  # into followers' timelines
                 await self._cache.invalidate(tx, photo_changed(photo.id, owner.id, owner.username))
         except BaseException:
             await self._storage.delete_prefix(photo_prefix(photo.id))

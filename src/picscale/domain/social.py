@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
+from picscale.data.celebrities import CelebrityRepository
 from picscale.data.follows import FollowRepository
 from picscale.data.photos import PhotoRepository
 from picscale.data.users import UserRepository
-from picscale.domain.cache_keys import CACHED_PAGE_SIZES, feed_key, profile_key
+from picscale.domain.cache_keys import profile_key
 from picscale.domain.errors import Invalid, NotFound
 from picscale.domain.paging import parse_cursor
 from picscale.domain.photos import Photos
@@ -15,6 +18,9 @@ from picscale.jobs import follow_mirror
 from picscale.tiers.cache import Cache
 from picscale.tiers.db.shards import Shards
 from picscale.tiers.queue import JobQueue
+from picscale.tiers.timelines import TimelineStore
+
+STARS_TTL_SECONDS = 5.0
 
 
 class Social:
@@ -29,8 +35,9 @@ class Social:
         photos: Photos,
         queue: JobQueue,
         ids: IdGenerator,
+        timelines: TimelineStore,
         *,
-        feed_ttl: float,
+        timeline_max: int,
     ) -> None:
         self._shards = shards
         self._users = UserRepository(shards)
@@ -40,15 +47,15 @@ class Social:
         self._ids = ids
         self._cache = cache
         self._photos = photos
-        self._feed_ttl = feed_ttl
+        self._timelines = timelines
+        self._timeline_max = timeline_max
+        self._celebrities = CelebrityRepository(shards.home)
+        self._stars_seen: set[int] = set()
+        self._stars_at = -STARS_TTL_SECONDS
 
     def _changed(self, actor: UserRecord, target_name: str) -> list[str]:
-        """What a follow or unfollow makes stale: both profiles' counts, the actor's feed."""
-        return [
-            profile_key(actor.username),
-            profile_key(target_name),
-            *(feed_key(actor.id, n) for n in CACHED_PAGE_SIZES),
-        ]
+        """What a follow or unfollow makes stale: both profiles' counts."""
+        return [profile_key(actor.username), profile_key(target_name)]
 
     async def _target(self, username: str) -> tuple[int, str]:
         name = username.strip().lower()
@@ -88,39 +95,58 @@ class Social:
                     ),
                 )
                 await self._cache.invalidate(tx, self._changed(actor, target_name))
+        if changed:  # the actor's timeline no longer holds what it should: rebuilt
+            await self._timelines.drop(actor.id)
         return changed
+
+    async def follower_count_seen_by(self, actor: UserRecord, target_id: int, counted: int) -> int:
+        """``counted`` (the target's follower count as stored) as the actor should see
+        it: their own follow or unfollow at once, before its mirror job has run."""
+        following = await self._follows.exists(actor.id, target_id, on_primary=True)
+        mirrored = await self._follows.mirrored(target_id, actor.id)
+        return counted + (following and not mirrored) - (mirrored and not following)
 
     async def is_following(self, actor: UserRecord, target_id: int) -> bool:
         return await self._follows.exists(actor.id, target_id)
 
     async def feed(self, viewer: UserRecord, cursor: str | None, limit: int) -> Page:
-        """Pull model: the ids of the viewer's and followed users' photos, newest first,
-        then the photos themselves from the cache in one bulk read.
-
-        The first page's ids are cached for ``feed_ttl`` seconds (see the README: a new
-        photo by someone you follow may take that long to appear; your own writes and
-        follows drop your cached page at once). Edits and deletes never show stale,
-        because the page holds ids and each photo is invalidated precisely.
-        Fan-out on write (precomputed feeds) comes with sharding."""
-        before = parse_cursor(cursor)
-        ids: IdPage | None
-        if before is None and limit in CACHED_PAGE_SIZES:
-
-            async def load() -> IdPage:
-                return await self._feed_ids(viewer.id, None, limit)
-
-            ids = await self._cache.get_or_load(feed_key(viewer.id, limit), load, self._feed_ttl)
-            assert ids is not None
-        else:
-            ids = await self._feed_ids(viewer.id, before, limit)
+        """Hybrid fan-out: the viewer's timeline (photo ids pushed by ``fan_out`` jobs
+        when followees upload), merged at read time with the recent photos of the
+        celebrities they follow (never pushed) and their own; then the photos
+        themselves from the cache in one bulk read. A cold timeline is rebuilt by a
+        pull across the clusters of everyone followed. Edits and deletes never show
+        stale: the timeline holds ids, and each photo is read (and invalidated) alone."""
+        ids = await self._feed_ids(viewer.id, parse_cursor(cursor), limit)
         found = await self._photos.get_many(ids.ids)
         items = [found[i] for i in ids.ids if i in found and found[i].status == "ready"]
         return Page(items=items, next_cursor=ids.next_cursor)
 
     async def _feed_ids(self, viewer_id: int, before: int | None, limit: int) -> IdPage:
-        """Pull: the viewer's followees (one query on the viewer's shard), then their
-        photos and the viewer's own on each cluster involved, in parallel."""
-        owners = [viewer_id, *await self._follows.followees(viewer_id)]
-        rows = await self._photo_rows.recent_ids_across_shards(owners, before, limit + 1)
+        want = limit + 1
+        followees = await self._follows.followees(viewer_id)  # one query, viewer's shard
+        stars = await self._stars() & set(followees)
+        timeline = await self._timelines.read(viewer_id, before, want)
+        if timeline is None:
+            # cold: a pull on every cluster of the followees, in parallel, kept warm
+            pulled = await self._photo_rows.recent_ids_across_shards(
+                followees, None, self._timeline_max
+            )
+            await self._timelines.build(viewer_id, pulled)
+            timeline = [i for i in pulled if before is None or i < before][:want]
+        elif before is not None and len(timeline) < want and followees:
+            # older than what the capped timeline holds: pulled
+            timeline = await self._photo_rows.recent_ids_across_shards(followees, before, want)
+        merged = await self._photo_rows.recent_ids_across_shards(
+            [viewer_id, *sorted(stars)], before, want
+        )
+        rows = sorted(set(timeline) | set(merged), reverse=True)[:want]
         page = rows[:limit]
         return IdPage(ids=page, next_cursor=str(page[-1]) if len(rows) > limit and page else None)
+
+    async def _stars(self) -> set[int]:
+        """The celebrities, as this process saw them a few seconds ago."""
+        now = time.monotonic()
+        if now - self._stars_at > STARS_TTL_SECONDS:
+            self._stars_seen = await self._celebrities.all()
+            self._stars_at = now
+        return self._stars_seen

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from picscale.jobs import drop_followee, follow_mirror, purge_edge, render_version
+from picscale.jobs import drop_followee, fan_out, follow_mirror, purge_edge, render_version
 from picscale.jobs.handler import JobHandler
 
 if TYPE_CHECKING:
@@ -29,5 +29,13 @@ def handlers(services: Services, render: render_version.Renderer) -> dict[str, J
             services.shards, services.cache, services.settings.shards.counter_slots
         ),
         drop_followee.DropFollowee(services.shards, services.cache),
+        fan_out.FanOut(
+            services.shards,
+            services.timelines,
+            services.queue,
+            services.ids,
+            batch=services.settings.feed.fanout_batch,
+            max_followers=services.settings.feed.fanout_max_followers,
+        ),
     ]
     return {handler.kind: handler for handler in kinds}

@@ -4,26 +4,28 @@ A drill puts load on the lab's front door (``picscale load``'s journeys), breaks
 component, brings it back, and reports: requests that failed as clients saw them, how long
 clients saw failures, when the service was whole again, acknowledged writes lost (every
 write a client saw succeed is read back) and jobs lost (every accepted edit must finish).
+The drills of stage 9 break nothing: a shard move and a celebrity, under load
+(``shard_drills``).
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from picscale.lab import lab as labs
 from picscale.lab.engine import LabError
 from picscale.lab.engines.haproxy import server_up
-from picscale.lab.engines.patroni import PATRONI_NODES, leader_node
-from picscale.lab.engines.postgres import DATABASE, PG_BIN
+from picscale.lab.engines.patroni import Patroni, shard_clusters
+from picscale.lab.engines.postgres import query
 from picscale.lab.engines.redis import master
+from picscale.lab.layout import Layout
 from picscale.load.runner import (
     LoadOptions,
     LoadSummary,
@@ -32,6 +34,9 @@ from picscale.load.runner import (
     write_unavailability,
 )
 from picscale.procs import group_members
+
+if TYPE_CHECKING:
+    from picscale.lab.shard_drills import ScenarioReport
 
 # the expectations of the issue: no failed request for these
 ZERO_FAILURES = {"web-server", "db-replica", "cache-master", "worker", "edge"}
@@ -55,8 +60,14 @@ DRILLS = {
         Drill("edge", 5, "SIGKILL Varnish (media come from the origin meanwhile)"),
         Drill("worker", 7, "SIGKILL a worker and its processes mid-job"),
         Drill("broker-restart", 7, "restart RabbitMQ (jobs wait in the outbox, then flow)"),
+        Drill("db-primary-c2", 9, "SIGKILL the primary of shard cluster c2 and its Patroni"),
+        Drill("shard-move", 9, "move a range of logical shards to the other cluster and back"),
+        Drill("celebrity", 9, "one account gets most reads and follows from many new users"),
     )
 }
+# no component breaks in these: they have runs of their own (``shard_drills``)
+SCENARIOS = {"shard-move", "celebrity"}
+PRIMARY_KILLS = {"db-primary": "c1", "db-primary-c2": "c2"}
 
 
 @dataclass
@@ -90,17 +101,28 @@ class DrillReport:
         return all(met for _, met in self.expectations)
 
 
+def cluster(layout: Layout, name: str) -> Patroni:
+    """The stage's Patroni cluster ``name`` (c1, or from stage 9 c2)."""
+    found = next((c for c in shard_clusters(layout) if c.cluster == name), None)
+    if found is None:
+        raise LabError(f"stage {layout.stage.number} has no PostgreSQL cluster {name}")
+    return found
+
+
 def _victim(lab: labs.Lab, name: str) -> str:
     layout = lab.layout
     if name == "web-server":
         return "web1"
-    if name in ("db-primary", "db-replica"):
-        leader = leader_node(layout)
+    if name in (*PRIMARY_KILLS, "db-replica"):
+        patroni = cluster(layout, PRIMARY_KILLS.get(name, "c1"))
+        leader = patroni.leader(layout)
         if leader is None:
-            raise LabError("no PostgreSQL primary now: wait for Patroni (`lab status`)")
-        if name == "db-primary":
-            return f"patroni{leader}"
-        return f"patroni{next(n for n in range(1, PATRONI_NODES + 1) if n != leader)}"
+            raise LabError(
+                f"no PostgreSQL primary in {patroni.cluster} now: wait for Patroni (`lab status`)"
+            )
+        if name in PRIMARY_KILLS:
+            return patroni.node(leader)
+        return patroni.node(next(n for n in patroni.numbers() if n != leader))
     if name == "cache-master":
         return master(layout, layout.ports["sentinel1"])
     if name == "edge":
@@ -116,14 +138,17 @@ def _busy_worker(lab: labs.Lab, say: Callable[[str], None]) -> str | None:
     layout = lab.layout
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
-        leader = leader_node(layout)
-        port = layout.ports[f"pg{leader}"] if leader else layout.ports["postgres"]
-        result = subprocess.run(
-            [str(PG_BIN / "psql"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
-             "-d", DATABASE, "-Atc", "SELECT lease_owner FROM jobs WHERE status = 'running'"],
-            capture_output=True, text=True, timeout=10, check=False,
-        )  # fmt: skip
-        pids = {int(o.rsplit(":", 1)[1]) for o in result.stdout.split() if ":" in o}
+        # the jobs of each cluster's shards are in that cluster
+        ports = [c.leader_port(layout) for c in shard_clusters(layout)] or [
+            layout.ports["postgres"]
+        ]
+        owners = [
+            owner
+            for port in ports
+            if port is not None
+            for owner in query(port, "SELECT lease_owner FROM jobs WHERE status = 'running'")
+        ]
+        pids = {int(o.rsplit(":", 1)[1]) for o in owners if ":" in o}
         processes = lab.supervisor.processes()
         for n in range(1, layout.worker_count + 1):
             group = processes.get(f"worker{n}", {}).get("pid")
@@ -137,8 +162,9 @@ def _busy_worker(lab: labs.Lab, say: Callable[[str], None]) -> str | None:
 def _failed_over(lab: labs.Lab, name: str, victim: str) -> Callable[[], bool]:
     """True once the system has worked around the victim on its own."""
     layout = lab.layout
-    if name == "db-primary":
-        return lambda: (n := leader_node(layout)) is not None and f"patroni{n}" != victim
+    if name in PRIMARY_KILLS:
+        patroni = cluster(layout, PRIMARY_KILLS[name])
+        return lambda: (n := patroni.leader(layout)) is not None and patroni.node(n) != victim
     if name == "cache-master":
         return lambda: master(layout, layout.ports["sentinel1"]) != victim
     if name == "web-server":  # the load balancer no longer sends it requests
@@ -157,9 +183,10 @@ def run_drill(
     before: float = 8.0,
     down_for: float = 10.0,
     after: float = 10.0,
-) -> DrillReport:
+) -> DrillReport | ScenarioReport:
     """Load for ``before`` s, break the victim, bring it back ``down_for`` s later, keep
-    the load on ``after`` s more, then read every acknowledged write back."""
+    the load on ``after`` s more, then read every acknowledged write back. (The scenarios
+    of stage 9 use the same times: see ``shard_drills``.)"""
     drill = DRILLS.get(name)
     if drill is None:
         raise LabError(f"no drill {name!r}: choose from {', '.join(DRILLS)}")
@@ -169,6 +196,11 @@ def run_drill(
             f"the {name} drill needs stage {drill.stage} or later; the lab is at stage "
             f"{lab.layout.stage.number}: `picscale lab down`, then `lab up --stage {drill.stage}`"
         )
+    if name in SCENARIOS:
+        from picscale.lab import shard_drills
+
+        scenario = shard_drills.SCENARIOS[name]
+        return scenario(lab, drill, say, users=users, before=before, during=down_for, after=after)
     victim = _victim(lab, name)
     front = lab.layout.url("haproxy")
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
@@ -258,7 +290,7 @@ def _expectations(report: DrillReport) -> list[tuple[str, bool]]:
     ]
     if report.name in ZERO_FAILURES:
         out.insert(0, ("failed requests = 0", report.failed == 0))
-    if report.name == "db-primary":
+    if report.name in PRIMARY_KILLS:
         out.insert(
             0,
             (
@@ -269,7 +301,9 @@ def _expectations(report: DrillReport) -> list[tuple[str, bool]]:
     return out
 
 
-def format_report(report: DrillReport) -> str:
+def format_report(report: DrillReport | ScenarioReport) -> str:
+    if not isinstance(report, DrillReport):
+        return report.format()
     s = report.summary
     lines = [
         f"drill {report.name} (victim {report.victim})",

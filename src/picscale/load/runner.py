@@ -60,6 +60,7 @@ class LoadOptions:
     duration: float  # seconds
     out_dir: Path  # Locust's CSV files and HTML report, writes.jsonl
     celebrities: int = 5
+    locustfile: Path = LOCUSTFILE  # the journeys (a drill may run its own, built on these)
 
 
 @dataclass(frozen=True)
@@ -194,7 +195,7 @@ def start_load(options: LoadOptions, say: Callable[[str], None]) -> LoadRun:
     prefix, html, _ = _paths(out_dir)
     command = [
         sys.executable, "-m", "locust",
-        "-f", str(LOCUSTFILE),
+        "-f", str(options.locustfile),
         "--headless",
         "--users", str(options.users),
         "--spawn-rate", f"{options.spawn_rate:g}",

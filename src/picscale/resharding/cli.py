@@ -8,11 +8,10 @@ The clusters, the global database and the map store come from the settings throu
 from __future__ import annotations
 
 import asyncio
-import importlib
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -30,11 +29,9 @@ Action = Callable[[dict[str, Database], Database, "MapStore"], Awaitable[T]]
 
 
 def _open_sharding(settings: Settings) -> AbstractAsyncContextManager[Sharding]:
-    module = importlib.import_module("picscale.tiers.db.shards")
-    opener = getattr(module, "open_sharding", None)
-    if opener is None:
-        raise click.ClickException("this build has no picscale.tiers.db.shards.open_sharding")
-    return cast(AbstractAsyncContextManager[Sharding], opener(settings))
+    from picscale.tiers.db.shards import open_sharding
+
+    return open_sharding(settings)
 
 
 def _run(data_dir: Path | None, action: Action[T]) -> T:

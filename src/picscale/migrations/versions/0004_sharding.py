@@ -92,6 +92,13 @@ def upgrade() -> None:
         "SELECT username, id, created_at FROM users"
     )
     op.create_table(
+        "celebrities",
+        sa.Column("user_id", sa.BigInteger(), autoincrement=False, nullable=False),
+        sa.Column("followers", sa.BigInteger(), nullable=False),
+        sa.Column("since", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("user_id", name=op.f("pk_celebrities")),
+    )
+    op.create_table(
         "shard_map",
         sa.Column("version", sa.Integer(), autoincrement=False, nullable=False),
         sa.Column("body", sa.Text(), nullable=False),
@@ -151,6 +158,7 @@ def downgrade() -> None:
         "shard_moves",
         "id_nodes",
         "shard_map",
+        "celebrities",
         "usernames",
         "timeline_state",
         "timelines",

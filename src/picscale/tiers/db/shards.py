@@ -29,6 +29,7 @@ from picscale.tiers.db.database import Database, ReadConnection, ShardMoving, Wr
 from picscale.tiers.db.shard_map import ShardMap, ShardMapError
 
 if TYPE_CHECKING:
+    from picscale.settings import Settings
     from picscale.tiers.db.map_store import MapStore, MapWatcher
 
 log = structlog.get_logger(__name__)
@@ -221,3 +222,23 @@ class Shards:
             await self._store.close()
         for db in self.clusters.values():
             await db.dispose()
+
+
+@asynccontextmanager
+async def open_sharding(
+    settings: Settings,
+) -> AsyncIterator[tuple[dict[str, Database], Database, MapStore]]:
+    """The clusters of the layout, the home cluster and the map store, for tools that
+    work on clusters themselves (``picscale shards``); closed on exit. The map is made
+    (version 1, even) if none is stored yet."""
+    from picscale.observability.metrics import Metrics
+    from picscale.tiers.db.factory import create_shards
+    from picscale.tiers.db.map_store import create_map_store
+
+    shards = create_shards(settings, Metrics())
+    store = create_map_store(settings.shards.map_url, shards.home)
+    try:
+        await shards.start(store, watch=False)
+        yield shards.clusters, shards.home, store
+    finally:
+        await shards.dispose()

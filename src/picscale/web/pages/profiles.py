@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from litestar import Request, Response, get, post
 from litestar.response import Template
 
@@ -32,6 +33,9 @@ async def _follow_button(
     else:
         await services.social.unfollow(me, username)
     found = await _profile(request, username)
+    # the follower's own follow shows at once (the count itself follows by a job)
+    count = await services.social.follower_count_seen_by(me, found.id, found.follower_count)
+    found = msgspec.structs.replace(found, follower_count=count)
     return await render(request, "_follow.html", profile=found, following=follow)
 
 
