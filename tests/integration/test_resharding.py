@@ -10,7 +10,6 @@ import itertools
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,13 +17,11 @@ from typing import Any
 
 import pytest
 from alembic import command
-from click.testing import CliRunner, Result
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from picscale.ids import EPOCH_MS, compose, shard_of
-from picscale.resharding import cli as shards_cli
 from picscale.resharding.mover import (
     POSTGRES_ONLY,
     MoveError,
@@ -627,59 +624,3 @@ async def test_rebalance_runs_its_plan_one_move_at_a_time(layout: Layout) -> Non
 
 
 # -- the commands ------------------------------------------------------------------------
-
-
-def _cli_opener(layout: Layout) -> Callable[[Settings], Any]:
-    """The layout's clusters as ``open_sharding`` would give them (engines of the
-    command's own event loop)."""
-
-    @asynccontextmanager
-    async def open_sharding(_settings: Settings) -> AsyncIterator[tuple[Any, ...]]:
-        clusters = {}
-        for name, db in layout.pg.items():
-            engine = postgres_engine(async_url(db.url), Settings())
-            clusters[name] = Database(engine, engine, "postgresql", name=name, dsn=db.url)
-        try:
-            yield clusters, clusters["c1"], TableMapStore(clusters["c1"])
-        finally:
-            for db in clusters.values():
-                await db.dispose()
-
-    return open_sharding
-
-
-async def test_the_shards_commands(layout: Layout, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(shards_cli, "_open_sharding", _cli_opener(layout))
-    await seed(layout.clusters["c1"], MOVING, 100)
-    runner = CliRunner()
-
-    async def shards(*args: str) -> Result:
-        return await asyncio.to_thread(runner.invoke, shards_cli.shards, list(args))
-
-    bad = await shards("move", "12-x", "--to", "c2")
-    assert bad.exit_code == 2 and "SHARDS" in bad.output
-    assert (await shards("move", "--resume", "--abort")).exit_code == 2
-    nothing = await shards("move", "--resume")
-    assert nothing.exit_code == 1 and "Error: no move is under way" in nothing.output
-    unknown = await shards("move", "100-199", "--to", "c9")
-    assert unknown.exit_code == 1
-    assert "Error: no cluster named 'c9': the layout has c1, c2" in unknown.output
-    too_many = await shards("rebalance", "--clusters", "3")
-    assert too_many.exit_code == 1 and "the layout has 2 clusters (c1, c2)" in too_many.output
-
-    status = await shards("status")
-    assert status.exit_code == 0, status.output
-    assert status.output.splitlines()[0] == "shard map v1: 8192 logical shards"
-
-    moved = await shards("move", "100-199", "--to", "c2")
-    assert moved.exit_code == 0, moved.output
-    lines = moved.output.splitlines()
-    assert lines[0] == "move 1: shards 100-199 from c1 to c2"
-    steps = [step for step, _ in itertools.groupby(line.split(":")[0] for line in lines[1:-1])]
-    assert steps == ["publish", "copy", "fence", "flip", "lift", "cleanup"]
-    assert lines[-1].startswith("moved shards 100-199 from c1 to c2: 200 rows copied in ")
-    print("\n" + moved.output)
-
-    plan = await shards("rebalance", "--clusters", "2", "--dry-run")
-    assert plan.exit_code == 0, plan.output
-    assert plan.output.splitlines()[-1] in (EVENLY, "dry run: nothing moved")
