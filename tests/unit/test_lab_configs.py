@@ -11,13 +11,17 @@ from pathlib import Path
 
 import pytest
 
+from picscale.lab.engines.etcd import describe_map
 from picscale.lab.engines.haproxy import haproxy_config
+from picscale.lab.engines.patroni import Patroni
 from picscale.lab.engines.postgres import Postgres
 from picscale.lab.engines.prometheus import prometheus_config, write_targets
 from picscale.lab.engines.redis import Redis
 from picscale.lab.lab import Lab
 from picscale.lab.layout import Layout
 from picscale.lab.stages import PORT_NAMES, STAGES
+from picscale.settings import load_settings
+from picscale.tiers.db.shard_map import ShardMap
 
 
 def layout(tmp_path: Path, stage: int = 8) -> Layout:
@@ -130,3 +134,69 @@ def test_each_stage_runs_the_one_before_it_and_more(tmp_path: Path) -> None:
     for n in sorted(STAGES)[1:]:
         assert names[n - 1] - {"postgres"} <= names[n], n
     assert [n for n in STAGES if STAGES[n].runs(Postgres)] == [2, 3]
+
+
+def test_stage_9_gives_the_app_a_layout_of_two_patroni_clusters_and_the_map_in_etcd(
+    tmp_path: Path,
+) -> None:
+    lab = layout(tmp_path, 9)
+    web = next(c for c in Lab(lab, "").components if c.name == "web1")
+    settings = load_settings(web.env)
+    clusters = settings.database_layout()
+    assert list(clusters) == ["c1", "c2"]  # c1 first: it holds the global tables
+    for name, nodes in (("c1", ("pg1", "pg2", "pg3")), ("c2", ("c2-pg1", "c2-pg2"))):
+        url = clusters[name]
+        assert all(f"127.0.0.1:{lab.ports[node]}" in url for node in nodes), url
+        assert url.endswith("/picscale?target_session_attrs=read-write")
+        patroni = settings.cluster_setting(
+            settings.database.patroni_url, name, "PICSCALE_DATABASE_PATRONI_URL"
+        )
+        apis = [node.replace("pg", "patroni") for node in nodes]
+        assert patroni.split(",") == [f"http://127.0.0.1:{lab.ports[api]}" for api in apis]
+    assert settings.shards.map_url == f"etcd://127.0.0.1:{lab.ports['etcd']}/picscale/shard-map"
+    # the workers are configured alike; stage 8 keeps its one cluster and its map table
+    worker = next(c for c in Lab(lab, "").components if c.name == "worker1")
+    assert worker.env == web.env
+    eight = next(c for c in Lab(layout(tmp_path, 8), "").components if c.name == "web1").env
+    assert list(load_settings(eight).database_layout()) == ["c1"]
+    assert "PICSCALE_SHARD_MAP_URL" not in eight
+
+
+def test_stage_9_patroni_clusters_share_etcd_under_scopes_of_their_own(tmp_path: Path) -> None:
+    lab = layout(tmp_path, 9)
+    clusters = [e for e in lab.stage.engines if isinstance(e, Patroni)]
+    assert [(c.cluster, c.nodes) for c in clusters] == [("c1", 3), ("c2", 2)]
+    configs = {}
+    for c in clusters:
+        c.prepare(lab, print)
+        for n in c.numbers():
+            configs[c.node(n)] = json.loads((lab.root / c.node(n) / "patroni.yml").read_text())
+    assert set(configs) == {"patroni1", "patroni2", "patroni3", "c2-patroni1", "c2-patroni2"}
+    scopes = {name: config["scope"] for name, config in configs.items()}
+    assert scopes["patroni1"] == "picscale-lab" and scopes["c2-patroni1"] == "picscale-lab-c2"
+    assert len({config["name"] for config in configs.values()}) == 5
+    assert {config["etcd3"]["hosts"] for config in configs.values()} == {
+        f"127.0.0.1:{lab.ports['etcd']}"
+    }
+    dcs = configs["c2-patroni1"]["bootstrap"]["dcs"]
+    parameters = dcs["postgresql"]["parameters"]
+    # a shard move: logical replication, a slot and walsenders beside the replicas', and
+    # Patroni must leave the move's logical slots alone
+    assert parameters["wal_level"] == "logical"
+    assert parameters["max_replication_slots"] >= 10 and parameters["max_wal_senders"] >= 10
+    assert {"type": "logical"} in dcs["ignore_slots"]
+    # PostgreSQL's exporter scrapes every node of both clusters
+    exporter = next(c for c in Lab(lab, "").components if c.name == "pg_exporter")
+    dsns = exporter.env["DATA_SOURCE_NAME"].split(",")
+    assert len(dsns) == 5 and f"127.0.0.1:{lab.ports['c2-pg2']}/" in dsns[-1]
+
+
+def test_the_shard_map_as_lab_status_shows_it() -> None:
+    first = ShardMap.even(["c1", "c2"])
+    assert describe_map(first) == (
+        "shard map v1: c1 4096 shards (0-4095), c2 4096 shards (4096-8191)"
+    )
+    moved = first.assign(4096, 4607, "c1")
+    assert describe_map(moved.assign(8191, 8191, "c1")) == (
+        "shard map v3: c1 4609 shards (0-4607, 8191), c2 3583 shards (4608-8190)"
+    )

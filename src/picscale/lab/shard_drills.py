@@ -16,11 +16,11 @@ the load of ``picscale load``.
 from __future__ import annotations
 
 import asyncio
+import csv
 import json
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,16 +42,13 @@ from picscale.load.runner import (
     LoadOptions,
     LoadSummary,
     WriteCheck,
-    last_total,
     start_load,
     verify_writes,
 )
-from picscale.procs import CLOCK_TICKS, group_cpu_seconds
+from picscale.procs import CLOCK_TICKS
 
 if TYPE_CHECKING:
     from picscale.resharding.mover import MoveReport
-    from picscale.tiers.db.map_store import MapStore
-    from picscale.tiers.db.shards import Shards
 
 MAX_WRITE_PAUSE_SECONDS = 2.0  # the issue's bound on a move's write pause
 MOVE_BLOCK = 512  # logical shards moved: the aligned block around the prober's shard
@@ -62,6 +59,7 @@ SETTLE_SECONDS = 60.0
 MOVES_CEILING_SECONDS = 600.0  # for the jobs to drain and the follower count to converge
 REQUEST_TIMEOUT_SECONDS = 30.0
 LOCUSTFILES = Path(__file__).with_name("locustfiles")
+CELEBRITY = "{celebrity"  # in the names of the celebrity drill's requests about it
 
 
 @dataclass
@@ -175,24 +173,6 @@ def _merge(check: WriteCheck, other: WriteCheck) -> WriteCheck:
 # -- shard-move ---------------------------------------------------------------------------
 
 
-@asynccontextmanager
-async def sharding(layout: Layout) -> AsyncIterator[tuple[Shards, MapStore]]:
-    """The lab's clusters and its shard map's store, as its web servers see them."""
-    from picscale.observability.metrics import Metrics
-    from picscale.settings import load_settings
-    from picscale.tiers.db.factory import create_shards
-    from picscale.tiers.db.map_store import create_map_store
-
-    settings = load_settings(layout.app_env())
-    shards = create_shards(settings, Metrics())
-    store = create_map_store(settings.shards.map_url, shards.home)
-    try:
-        yield shards, store
-    finally:
-        await store.close()
-        await shards.dispose()
-
-
 @dataclass
 class Move:
     first: int
@@ -220,6 +200,8 @@ def move_shards(
     """Move shards ``first..last`` to ``target`` (``picscale shards move``'s steps); a move
     that fails is finished (past its flip) or rolled back, so the next one can start."""
     from picscale.resharding.mover import MoveError, ShardMover
+    from picscale.settings import load_settings
+    from picscale.tiers.db.shards import open_sharding
 
     move = Move(first, last, source, target, time.time())
 
@@ -227,8 +209,9 @@ def move_shards(
         say(f"    {line}")
 
     async def run() -> None:
-        async with sharding(layout) as (shards, store):
-            mover = ShardMover(shards.clusters, shards.home, store, progress=progress)
+        settings = load_settings(layout.app_env())  # the clusters as the web servers see them
+        async with open_sharding(settings) as (clusters, home, store):
+            mover = ShardMover(clusters, home, store, progress=progress)
             try:
                 move.report = await mover.move(first, last, target)
             except MoveError as exc:
@@ -484,10 +467,31 @@ def _move_line(move: Move) -> str:
 class Sample:
     at: float  # monotonic
     users: int
-    requests: int
+    requests: int  # every request so far
+    star_reads: int  # reads of the celebrity so far
     primary_commits: int | None
     primary_cpu: float | None  # seconds
     replica_commits: int | None
+
+
+def _requests_so_far(history: Path) -> tuple[int, int, int]:
+    """Locust's users now, its requests so far, and those about the celebrity (its
+    history file: a line per request name every second, cumulative counts)."""
+    latest: dict[str, dict[str, str]] = {}
+    try:
+        with history.open(newline="") as f:
+            for row in csv.DictReader(f):
+                if row.get("Name"):
+                    latest[row["Name"]] = row
+    except OSError:
+        return 0, 0, 0
+    total = latest.get("Aggregated", {})
+
+    def count(row: dict[str, str], column: str) -> int:
+        return int(float(row.get(column) or 0))
+
+    star = sum(count(row, "Total Request Count") for n, row in latest.items() if CELEBRITY in n)
+    return count(total, "User Count"), count(total, "Total Request Count"), star
 
 
 def _commits(port: int) -> int | None:
@@ -496,17 +500,26 @@ def _commits(port: int) -> int | None:
     )
 
 
-def _postgres_cpu(postmaster: int | None) -> float | None:
-    """CPU seconds of a PostgreSQL server: its processes now (it runs in a process group
-    of its own), and the backends that have ended (the postmaster's reaped children)."""
-    if postmaster is None:
-        return None
+def _stat(pid: int | str) -> list[str] | None:
+    """The fields of ``/proc/PID/stat`` after the command name (state first)."""
     try:
-        fields = Path(f"/proc/{postmaster}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
         return None
-    reaped = (int(fields[13]) + int(fields[14])) / CLOCK_TICKS
-    return group_cpu_seconds(postmaster) + reaped
+
+
+def _postgres_cpu(postmaster: int | None) -> float | None:
+    """CPU seconds of a PostgreSQL server: the postmaster, its children now (each
+    backend makes a session of its own: they are found by their parent) and those that
+    have ended (the postmaster's reaped children)."""
+    own = _stat(postmaster) if postmaster is not None else None
+    if own is None:
+        return None
+    ticks = sum(int(own[i]) for i in (11, 12, 13, 14))
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := _stat(entry.name)) and int(fields[1]) == postmaster:
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / CLOCK_TICKS
 
 
 class Sampler(threading.Thread):
@@ -538,38 +551,83 @@ class Sampler(threading.Thread):
             return
         self.primary = patroni.node(leader)
         replicas = [_commits(layout.ports[patroni.pg(n)]) for n in patroni.numbers() if n != leader]
-        last = last_total(self.history) or {}
+        users, requests, star_reads = _requests_so_far(self.history)
         self.samples.append(
             Sample(
                 at=time.monotonic(),
-                users=int(last.get("User Count", 0) or 0),
-                requests=int(last.get("Total Request Count", 0) or 0),
+                users=users,
+                requests=requests,
+                star_reads=star_reads,
                 primary_commits=_commits(layout.ports[patroni.pg(leader)]),
                 primary_cpu=_postgres_cpu(patroni.postmaster(layout, leader)),
                 replica_commits=None if None in replicas else sum(r or 0 for r in replicas),
             )
         )
 
-    def table(self) -> list[str]:
-        """One line per interval: users, requests/s, the primary's commits/s and CPU,
-        the replicas' commits/s."""
+    def rates(self) -> list[tuple[int, float, float, float | None, float | None, float | None]]:
+        """Per interval: users, requests/s, the celebrity's reads/s, the primary's
+        commits/s and CPU (of one core), the replicas' commits/s."""
 
         def rate(a: float | None, b: float | None, seconds: float) -> float | None:
             return None if a is None or b is None else (b - a) / seconds
 
-        def cell(value: float | None, text: str) -> str:
-            return "?" if value is None else text.format(value)
-
-        lines = ["users  requests/s  primary commits/s  primary CPU  replica commits/s"]
+        out = []
         for a, b in zip(self.samples, self.samples[1:], strict=False):
             seconds = max(b.at - a.at, 1e-3)
+            out.append(
+                (
+                    b.users,
+                    (b.requests - a.requests) / seconds,
+                    (b.star_reads - a.star_reads) / seconds,
+                    rate(a.primary_commits, b.primary_commits, seconds),
+                    rate(a.primary_cpu, b.primary_cpu, seconds),
+                    rate(a.replica_commits, b.replica_commits, seconds),
+                )
+            )
+        return out
+
+    def table(self) -> list[str]:
+        def cell(value: float | None, text: str, width: int) -> str:
+            return ("?" if value is None else text.format(value)).rjust(width)
+
+        lines = [
+            "users  requests/s  celebrity reads/s  primary commits/s  primary CPU  "
+            "replica commits/s"
+        ]
+        for users, requests, star, commits, cpu, replica in self.rates():
             lines.append(
-                f"{b.users:>5}  {(b.requests - a.requests) / seconds:>10.1f}  "
-                f"{cell(rate(a.primary_commits, b.primary_commits, seconds), '{:.1f}'):>17}  "
-                f"{cell(rate(a.primary_cpu, b.primary_cpu, seconds), '{:.0%}'):>11}  "
-                f"{cell(rate(a.replica_commits, b.replica_commits, seconds), '{:.1f}'):>17}"
+                f"{users:>5}  {requests:>10.1f}  {star:>17.1f}  {cell(commits, '{:.1f}', 17)}  "
+                f"{cell(cpu, '{:.1%}', 11)}  {cell(replica, '{:.1f}', 17)}"
             )
         return lines
+
+    def trend(self) -> str:
+        """The first third of the run against the last: how the celebrity's reads grew,
+        and its primary's load with them."""
+        rates = self.rates()
+        third = len(rates) // 3
+        if third == 0:
+            return "too short a run to compare its start with its end"
+        first, last = rates[:third], rates[-third:]
+
+        def mean(rows: list[tuple[Any, ...]], i: int) -> float | None:
+            values = [r[i] for r in rows if r[i] is not None]
+            return sum(values) / len(values) if values else None
+
+        reads = (mean(first, 2), mean(last, 2))
+        commits = (mean(first, 3), mean(last, 3))
+        cpu = (mean(first, 4), mean(last, 4))
+
+        def grew(pair: tuple[float | None, float | None], text: str) -> str:
+            a, b = pair
+            if a is None or b is None:
+                return "?"
+            return f"{text.format(a)} -> {text.format(b)}"
+
+        return (
+            f"first third -> last third: celebrity reads/s {grew(reads, '{:.1f}')}, "
+            f"primary commits/s {grew(commits, '{:.1f}')}, primary CPU {grew(cpu, '{:.1%}')}"
+        )
 
 
 @dataclass(frozen=True)
@@ -677,7 +735,7 @@ def celebrity(
         if e["kind"] == "follow" and e["id"] == star
     }
     reads = {r.name: r.requests for r in summary.rows if r.name.startswith("GET /api")}
-    of_star = sum(n for name, n in reads.items() if "{celebrity" in name)
+    of_star = sum(n for name, n in reads.items() if CELEBRITY in name)
     exact_text = (
         f"follower count exact: counter {counts.counter} = mirror {counts.mirror} "
         f"(edges {counts.edges}, the profile shows {counts.profile})"
@@ -690,6 +748,7 @@ def celebrity(
         f"the celebrity's cluster {patroni.cluster} while the reads grew (primary "
         f"{sampler.primary}; every {SAMPLE_SECONDS:g} s):",
         *(f"  {line}" for line in sampler.table()),
+        sampler.trend(),
     ]
     failed = summary.total.failures
     report = ScenarioReport(
