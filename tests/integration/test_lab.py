@@ -1,6 +1,7 @@
-"""`picscale lab` at its full stage (8) under supervisord: every engine up and healthy, a
-photo through every tier, scaling under load, each failure drill with its expectations
-met, one time-ordered log stream, and `down` with nothing left."""
+"""`picscale lab` at its full stage (9) under supervisord: every engine up and healthy (two
+shard clusters, the map in etcd), a photo through every tier, scaling under load, each
+failure drill with its expectations met (a primary kill on either cluster), a shard move
+and a celebrity under load, one time-ordered log stream, and `down` with nothing left."""
 
 from __future__ import annotations
 
@@ -20,17 +21,22 @@ from pathlib import Path
 import httpx
 import pytest
 
-from picscale.lab.drills import DRILLS, ZERO_FAILURES
+from picscale.lab.drills import DRILLS, PRIMARY_KILLS, SCENARIOS, ZERO_FAILURES
 from picscale.procs import alive
 from tests.support.images import image_bytes
 from tests.support.waiting import wait_until
 
 PASSWORD = "correct horse battery"
-STAGE_8 = {
-    "etcd", "patroni1", "patroni2", "patroni3", "redis1", "redis2", "sentinel1", "sentinel2",
-    "sentinel3", "rabbitmq", "web1", "web2", "worker1", "worker2", "haproxy", "varnish",
-    "node_exporter", "pg_exporter", "redis_exporter", "varnish_exporter", "prometheus",
+STAGE = 9
+COMPONENTS = {
+    "etcd", "patroni1", "patroni2", "patroni3", "c2-patroni1", "c2-patroni2", "redis1",
+    "redis2", "sentinel1", "sentinel2", "sentinel3", "rabbitmq", "web1", "web2", "worker1",
+    "worker2", "haproxy", "varnish", "node_exporter", "pg_exporter", "redis_exporter",
+    "varnish_exporter", "prometheus",
 }  # fmt: skip
+SHARD_MAP = re.compile(
+    r"shard map v(\d+): c1 \d+ shards \(([-\d, ]+)\), c2 \d+ shards \(([-\d, ]+)\)"
+)
 
 
 def lab(*args: str, lab_dir: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -81,7 +87,7 @@ class Lab:
     def remember(self) -> dict[str, dict[str, str]]:
         rows = status(self.root)
         self.pids |= {int(r["pid"]) for r in rows.values() if r["pid"].isdigit()}
-        for node in ("patroni1", "patroni2", "patroni3"):
+        for node in ("patroni1", "patroni2", "patroni3", "c2-patroni1", "c2-patroni2"):
             pidfile = self.root / node / "data" / "postmaster.pid"
             if pidfile.exists():
                 self.pids.add(int(pidfile.read_text().split()[0]))
@@ -93,7 +99,7 @@ def full() -> Iterator[Lab]:
     # under /tmp itself: the postgres user must be able to reach its data directory
     root = Path(tempfile.mkdtemp(prefix="picscale-lab-"))
     try:
-        started = lab("up", "--stage", "8", lab_dir=root)
+        started = lab("up", "--stage", str(STAGE), lab_dir=root)
         urls = dict(
             re.match(r"^(.+?)\s{2,}(\S+)", line).groups()  # type: ignore[union-attr]
             for line in started.stdout.splitlines()
@@ -118,18 +124,22 @@ def member(base: str) -> httpx.Client:
 
 def test_the_full_stage_is_up_and_a_second_up_resumes_it(full: Lab) -> None:
     rows = full.remember()
-    assert set(rows) == STAGE_8
+    assert set(rows) == COMPONENTS
     assert all(r["health"] == "healthy" for r in rows.values()), rows
     figures = {name: r.get("figure", "") for name, r in rows.items()}
-    # every engine but etcd and the exporters has a figure to show
+    # every engine but the exporters has a figure to show
     assert {name for name, figure in figures.items() if not figure} == {
-        "etcd", "node_exporter", "pg_exporter", "redis_exporter", "varnish_exporter",
+        "node_exporter", "pg_exporter", "redis_exporter", "varnish_exporter",
     }  # fmt: skip
-    assert sorted(f.split(",")[0] for n, f in figures.items() if n.startswith("patroni")) == [
-        "primary",
-        "replica",
-        "replica",
-    ]
+    for prefix, replicas in (("patroni", 2), ("c2-patroni", 1)):
+        roles = sorted(f.split(",")[0] for n, f in figures.items() if n.startswith(prefix))
+        cluster = "c2" if prefix.startswith("c2") else "c1"
+        assert roles == [f"primary of {cluster}", *["replica"] * replicas], figures
+    # the shard map lives in etcd: half the logical shards on each cluster; each cluster's
+    # primary shows its load
+    assert figures["etcd"] == "shard map v1: c1 4096 shards (0-4095), c2 4096 shards (4096-8191)"
+    primaries = [f for f in figures.values() if f.startswith("primary of")]
+    assert all(re.search(r"[\d.?]+ commits/s, \d+ rows$", f) for f in primaries), primaries
     assert {figures["redis1"].split(",")[0], figures["redis2"].split(",")[0]} == {
         "primary",
         "replica",
@@ -137,14 +147,15 @@ def test_the_full_stage_is_up_and_a_second_up_resumes_it(full: Lab) -> None:
     assert len({figures[f"sentinel{n}"] for n in (1, 2, 3)}) == 1  # they agree
     assert figures["rabbitmq"].startswith("queue depth")
     assert figures["haproxy"] == "2 web servers up"
-    for name in ("Redis", "RabbitMQ", "Prometheus", "Media edge", "Patroni"):
+    for name in ("Redis", "RabbitMQ", "Prometheus", "Media edge", "Patroni", "Patroni c2"):
         assert name in full.urls
+    assert full.urls["Shard map"].startswith("etcd://127.0.0.1:")
 
     other = lab("up", "--stage", "3", lab_dir=full.root, check=False)
     assert other.returncode != 0 and "lab down" in other.stderr
     supervisord = (full.root / "supervisord.pid").read_text()
-    again = lab("up", "--stage", "8", lab_dir=full.root)
-    assert again.stderr.count("already up") == len(STAGE_8)
+    again = lab("up", "--stage", str(STAGE), lab_dir=full.root)
+    assert again.stderr.count("already up") == len(COMPONENTS)
     assert (full.root / "supervisord.pid").read_text() == supervisord
 
 
@@ -284,7 +295,7 @@ def test_the_web_tier_autoscales_with_its_load(full: Lab) -> None:
     assert "web3" not in full.remember()
 
 
-@pytest.mark.parametrize("name", list(DRILLS))
+@pytest.mark.parametrize("name", [name for name in DRILLS if name not in SCENARIOS])
 def test_drill(full: Lab, name: str) -> None:
     full.remember()
     result = subprocess.run(
@@ -303,7 +314,7 @@ def test_drill(full: Lab, name: str) -> None:
     assert requests > 50
     if name in ZERO_FAILURES:
         assert failed == 0, report
-    if name == "db-primary":
+    if name in PRIMARY_KILLS:
         gap = float(re.search(r"writes unavailable\s+([\d.]+) s", report).group(1))  # type: ignore[union-attr]
         assert gap <= 12, report
     # the drill ends once its victim is back: a database node following the new primary
@@ -319,6 +330,57 @@ def test_drill(full: Lab, name: str) -> None:
     with contextlib.suppress(AssertionError):
         wait_until(whole, timeout=60, what="every component to be healthy")
     assert not down, f"not healthy 60 s after the drill: {down}"
+
+
+def run_drill(full: Lab, name: str, *times: str) -> str:
+    """The drill's report, once it passed (every expectation met)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "picscale", "drill", name, "--dir", str(full.root), *times],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    report = result.stdout
+    assert result.returncode == 0, report + result.stderr[-3000:]
+    assert "MISSED" not in report and "  failed, as clients saw   0\n" in report, report
+    assert re.search(r"acknowledged writes lost 0 of [1-9]", report), report
+    assert re.search(r"jobs lost\s+0 of [1-9]", report), report  # jobs were made, none lost
+    return report
+
+
+def test_shard_move_drill_moves_shards_there_and_back_under_load(full: Lab) -> None:
+    """The shards of the most read account go to the other cluster and back while it
+    writes without pause: no request fails, writes pause well under 2 s, nothing is lost."""
+    before = SHARD_MAP.fullmatch(full.remember()["etcd"]["figure"])
+    assert before is not None
+    report = run_drill(
+        full, "shard-move", "--users", "5", "--before", "3", "--down-for", "4", "--after", "3"
+    )
+    title = re.search(r"\(shards (\d+)-(\d+) of \S+: (c\d) -> (c\d) -> \3\)", report)
+    assert title is not None, report
+    first, last, home, other = title.groups()
+    assert f"moved shards {first}-{last} from {home} to {other}: " in report
+    assert f"moved shards {first}-{last} from {other} to {home}: " in report
+    paused = re.search(r"writes paused <= 2 s: yes \(max ([\d.]+) s\)", report)
+    assert paused is not None and float(paused.group(1)) <= 2, report
+    # two new versions of the map, the shards back where they were
+    after = SHARD_MAP.fullmatch(full.remember()["etcd"]["figure"])
+    assert after is not None
+    assert int(after.group(1)) == int(before.group(1)) + 2
+    assert after.groups()[1:] == before.groups()[1:]
+
+
+def test_celebrity_drill_keeps_the_hot_counter_exact(full: Lab) -> None:
+    """One account gets most reads and new followers as the users grow: no request fails,
+    its follower count is exact once the jobs are done, its primary's load is shown."""
+    report = run_drill(
+        full, "celebrity", "--users", "8", "--before", "5", "--down-for", "10", "--after", "5"
+    )
+    exact = re.search(r"met   follower count exact: counter (\d+) = mirror (\d+)", report)
+    assert exact is not None and exact.group(1) == exact.group(2) != "0", report
+    assert re.search(rf"\(edges {exact.group(1)}, the profile shows {exact.group(1)}\)", report)
+    reads = re.search(r"reads of the celebrity\s+(\d+) of (\d+) API reads", report)
+    assert reads is not None and int(reads.group(1)) > int(reads.group(2)) / 2, report
+    assert "primary commits/s  primary CPU" in report
+    assert re.search(r"first third -> last third: celebrity reads/s [\d.]+ -> [\d.]+", report)
 
 
 def test_one_log_stream_then_down_leaves_nothing(full: Lab) -> None:
