@@ -73,7 +73,7 @@ def serve(
 
     configure_logging(settings.log_level, process="serve")
     say(f"picscale {__version__}: preparing {settings.data_dir.resolve()}")
-    upgrade(settings)
+    _migrated(lambda: upgrade(settings))
     secret_key_for(settings)  # made once here, before the processes that read it start
     sys.exit(Supervisor(settings, say).run())
 
@@ -150,8 +150,17 @@ def migrate(data_dir: Path | None, revision: str, down_to: str | None) -> None:
         downgrade(settings, down_to)
         click.echo(f"downgraded to {down_to}")
     else:
-        upgrade(settings, revision)
+        _migrated(lambda: upgrade(settings, revision))
         click.echo(f"database at {revision}")
+
+
+def _migrated(run: Callable[[], None]) -> None:
+    from picscale.tiers.db.migrate import MigrationRefused
+
+    try:
+        run()
+    except MigrationRefused as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @main.group()

@@ -32,11 +32,11 @@ from picscale.resharding.mover import (
 )
 from picscale.resharding.rebalance import EVENLY, Move, plan_rebalance, rebalance, shard_loads
 from picscale.resharding.status import ShardStats, format_status, shard_status
-from picscale.settings import Settings
+from picscale.settings import Settings, load_settings
 from picscale.tiers.db.database import FENCE_SQLSTATE, Database, ShardMoving
 from picscale.tiers.db.engines import async_url, postgres_engine
 from picscale.tiers.db.map_store import TableMapStore
-from picscale.tiers.db.migrate import alembic_config
+from picscale.tiers.db.migrate import MigrationRefused, alembic_config, upgrade
 from picscale.tiers.db.shard_map import ShardMap
 from tests.support.pg import PostgresDatabase, PostgresServer, start_postgres
 from tests.support.waiting import async_wait_until
@@ -430,6 +430,10 @@ async def test_a_move_killed_after_the_copy_resumes_to_completion(layout: Layout
     later = await seed(c1, MOVING, 20)  # the map still names c1: writes go on there
     with pytest.raises(MoveRefused, match="under way"):
         await mover.move(STAYING[0], STAYING[1], "c2")
+    # DDL is not replicated: the schema stays as it is until the move is over
+    settings = load_settings({}, database_url=f"c1={layout.pg['c1'].url};c2={layout.pg['c2'].url}")
+    with pytest.raises(MigrationRefused, match="--resume"):
+        await asyncio.to_thread(upgrade, settings)
     report = await mover.resume()
     assert report.map_version == 2
     assert layout.count("c2", "users", MOVING) == len(seeded) + len(later)
@@ -621,6 +625,3 @@ async def test_rebalance_runs_its_plan_one_move_at_a_time(layout: Layout) -> Non
     await rebalance(layout.clusters, layout.clusters["c1"], layout.store, 2, progress=again.append)
     assert again == [EVENLY]
     _assert_no_move_left(layout)
-
-
-# -- the commands ------------------------------------------------------------------------
