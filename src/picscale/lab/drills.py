@@ -54,7 +54,7 @@ DRILLS = {
     d.name: d
     for d in (
         Drill("web-server", 3, "SIGKILL one web server (HAProxy retries its requests elsewhere)"),
-        Drill("db-primary", 4, "SIGKILL the PostgreSQL primary and its Patroni"),
+        Drill("db-primary", 4, "SIGKILL the PostgreSQL primary (of c1) and its Patroni"),
         Drill("db-replica", 4, "SIGKILL a PostgreSQL replica and its Patroni"),
         Drill("cache-master", 5, "SIGKILL the Redis master (the Sentinels promote the replica)"),
         Drill("edge", 5, "SIGKILL Varnish (media come from the origin meanwhile)"),

@@ -49,6 +49,7 @@ from picscale.procs import CLOCK_TICKS
 
 if TYPE_CHECKING:
     from picscale.resharding.mover import MoveReport
+    from picscale.tiers.db.shard_map import ShardMap
 
 MAX_WRITE_PAUSE_SECONDS = 2.0  # the issue's bound on a move's write pause
 MOVE_BLOCK = 512  # logical shards moved: the aligned block around the prober's shard
@@ -346,16 +347,13 @@ class Prober(threading.Thread):
             time.sleep(0.2)  # a replica may lag, a cache entry may be on its way out
 
 
-def _range_to_move(layout: Layout, shard: int) -> tuple[int, int, str, str]:
+def range_to_move(found: ShardMap, shard: int, clusters: list[str]) -> tuple[int, int, str, str]:
     """The aligned block of MOVE_BLOCK logical shards around ``shard`` (within the range
-    of the map that holds it), its cluster and the other cluster."""
-    found = shard_map(layout)
-    if found is None:
-        raise LabError("no shard map in etcd: have the web servers started? (`lab status`)")
+    of the map that holds it), the cluster that holds it and the other one to move it to."""
     holding = next(r for r in found.ranges if r.first <= shard <= r.last)
     block = shard - shard % MOVE_BLOCK
     first, last = max(holding.first, block), min(holding.last, block + MOVE_BLOCK - 1)
-    other = next((c.cluster for c in shard_clusters(layout) if c.cluster != holding.cluster), None)
+    other = next((name for name in clusters if name != holding.cluster), None)
     if other is None:
         raise LabError("a shard move needs two clusters: stage 9")
     return first, last, holding.cluster, other
@@ -391,7 +389,11 @@ def shard_move(
         star = seed["celebrities"][0]
         prober = Prober(front, star, seed["password"], out_dir)
         shard = shard_of(prober.user_id)
-        first, last, home, other = _range_to_move(layout, shard)
+        found = shard_map(layout)
+        if found is None:
+            raise LabError("no shard map in etcd: have the web servers started? (`lab status`)")
+        names = [c.cluster for c in shard_clusters(layout)]
+        first, last, home, other = range_to_move(found, shard, names)
         say(f"  {star} (the most read account) is on logical shard {shard}, in {home}")
         prober.start()
         _load_on(lambda: run.running, before, out_dir)
@@ -573,6 +575,8 @@ class Sampler(threading.Thread):
 
         out = []
         for a, b in zip(self.samples, self.samples[1:], strict=False):
+            if b.users == 0:  # Locust has not started its users yet
+                continue
             seconds = max(b.at - a.at, 1e-3)
             out.append(
                 (
