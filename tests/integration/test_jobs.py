@@ -79,7 +79,11 @@ async def test_worker_process_loop_runs_a_job(tmp_path: Path) -> None:
             return (await services.photos.require(photo.id)).status == "ready"
 
         await async_wait_until(ready, within=60, what="the worker to render the upload")
-        assert worker.running == set()
+
+        async def idle() -> bool:  # the upload's fan-out job too
+            return worker.running == set()
+
+        await async_wait_until(idle, within=60, what="the worker to finish its jobs")
         stop.set()
         await asyncio.wait_for(task, timeout=60)
     finally:

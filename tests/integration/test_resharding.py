@@ -71,6 +71,8 @@ class Layout:
     lines: list[str] = field(default_factory=list)
 
     def mover(self, **kwargs: Any) -> ShardMover:
+        # the writers here ask the store on every fence: no process to wait for
+        kwargs.setdefault("cleanup_grace", 0.2)
         return ShardMover(
             self.clusters, self.clusters["c1"], self.store, progress=self.say, **kwargs
         )

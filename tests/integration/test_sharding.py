@@ -10,6 +10,7 @@ import random
 import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -18,12 +19,19 @@ from sqlalchemy import func, select
 from picscale.data.counters import FollowerCounter
 from picscale.data.follows import FollowRepository
 from picscale.data.schema import followers, user_counters, users
+from picscale.ids import shard_of
+from picscale.resharding import replication as fencing
 from picscale.services import Services, build_services
 from picscale.settings import load_settings
+from picscale.tiers.db.database import Database
+from picscale.tiers.db.engines import async_url, postgres_engine
+from picscale.tiers.db.map_store import TableMapStore
 from picscale.tiers.db.migrate import upgrade
+from picscale.tiers.db.shard_map import LOGICAL_SHARDS
 from tests.support.api import PASSWORD, new_user
+from tests.support.images import image_bytes
 from tests.support.pg import PostgresServer
-from tests.support.picscale_server import Server
+from tests.support.picscale_server import Server, running_server
 from tests.support.waiting import wait_until
 
 
@@ -129,3 +137,65 @@ async def test_a_hot_counter_loses_no_count_under_2000_concurrent_follows(
         )
     # the increments went to many rows, not one: they did not all queue for one lock
     assert mirrored == 2000 and slots > 1
+
+
+def test_writes_that_meet_a_moves_fence_wait_and_are_replayed(
+    postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    """A move's last moment as the web tier sees it: the user's shard fenced, an upload
+    and a follow wait (their bodies kept), then the map moves on and they succeed."""
+    first, second = postgres_server.new_database(), postgres_server.new_database()
+    layout = f"c1={first.url};c2={second.url}"
+    with running_server(tmp_path, database_url=layout, job_workers=1) as server:
+        client, user = new_user(server, "fenced")
+        _, other = new_user(server, "other")
+        shard = shard_of(int(user["id"]))
+        home = first if shard < LOGICAL_SHARDS // 2 else second  # the even map, v1
+
+        def rollbacks() -> int:
+            return int(
+                home.sql(
+                    "SELECT xact_rollback FROM pg_stat_database WHERE datname = current_database()"
+                )
+            )
+
+        async def fence(up: bool) -> None:
+            settings = load_settings({})
+            engine = postgres_engine(async_url(home.url), settings)
+            db = Database(engine, engine, "postgresql")
+            try:
+                if up:
+                    await fencing.install_fence_triggers(db)
+                    await fencing.raise_fence(db, shard, shard)
+                else:
+                    await fencing.lower_fence(db, shard)
+                    store_engine = postgres_engine(async_url(first.url), settings)
+                    store = TableMapStore(Database(store_engine, store_engine, "postgresql"))
+                    current = await store.load()
+                    assert current is not None  # the same cluster, a new version
+                    assert await store.publish(
+                        current.assign(shard, shard, current.cluster_of(shard))
+                    )
+                    await store_engine.dispose()
+            finally:
+                await engine.dispose()
+
+        asyncio.run(fence(True))
+        before = rollbacks()
+        with ThreadPoolExecutor(2) as pool:
+            uploading = pool.submit(upload_status, client, image_bytes(120, 80))
+            following = pool.submit(
+                lambda: client.put(f"/api/v1/users/{other['username']}/follow").status_code
+            )
+            wait_until(lambda: rollbacks() >= before + 2, what="both writes to meet the fence")
+            assert not uploading.done() and not following.done()  # waiting, not failed
+            asyncio.run(fence(False))
+            assert uploading.result(timeout=60) == 201
+            assert following.result(timeout=60) == 204
+        assert client.get("/api/v1/me").status_code == 200
+
+
+def upload_status(client: httpx.Client, data: bytes) -> int:
+    return client.post(
+        "/api/v1/photos", files={"file": ("p.jpg", data, "image/jpeg")}, data={"caption": ""}
+    ).status_code

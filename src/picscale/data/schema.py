@@ -115,12 +115,8 @@ follows = Table(
         ForeignKey("users.id", ondelete="CASCADE"),
         primary_key=True,
     ),
-    Column(
-        "followee_id",
-        BigInteger,
-        ForeignKey("users.id", ondelete="CASCADE"),
-        primary_key=True,
-    ),
+    # no foreign key: the followee lives on their own shard, often another cluster
+    Column("followee_id", BigInteger, primary_key=True),
     Column("created_at", UtcDateTime(), nullable=False),
     Index("ix_follows_followee_id", "followee_id"),
 )

@@ -99,11 +99,11 @@ class Social:
             await self._timelines.drop(actor.id)
         return changed
 
-    async def follower_count_seen_by(self, actor: UserRecord, target_id: int, counted: int) -> int:
-        """``counted`` (the target's follower count as stored) as the actor should see
-        it: their own follow or unfollow at once, before its mirror job has run."""
+    async def follower_count_seen_by(self, actor: UserRecord, target_id: int) -> int:
+        """The target's follower count as the actor should see it: their own follow or
+        unfollow at once, before its mirror job has run (read fresh, not cached)."""
         following = await self._follows.exists(actor.id, target_id, on_primary=True)
-        mirrored = await self._follows.mirrored(target_id, actor.id)
+        counted, mirrored = await self._follows.count_and_mirrored(target_id, actor.id)
         return counted + (following and not mirrored) - (mirrored and not following)
 
     async def is_following(self, actor: UserRecord, target_id: int) -> bool:

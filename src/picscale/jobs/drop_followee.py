@@ -44,32 +44,38 @@ class DropFollowee:
 
     async def run(self, job: ClaimedJob, completion: Completion) -> dict[str, Any]:
         followee = int(job.payload["followee"])
-        groups = self._shards.grouped(int(f) for f in job.payload["followers"])
-
-        async def on(db: Database) -> int:
-            async with db.write() as tx:
-                gone = list(
-                    await tx.conn.scalars(
-                        delete(follows)
-                        .where(
-                            follows.c.followee_id == followee,
-                            follows.c.follower_id.in_(groups[db]),
-                        )
-                        .returning(follows.c.follower_id)
-                    )
-                )
-                if gone:
-                    names = await tx.conn.scalars(
-                        update(users)
-                        .where(users.c.id.in_(gone))
-                        .values(following_count=users.c.following_count - 1)
-                        .returning(users.c.username)
-                    )
-                    await self._cache.invalidate(tx, [profile_key(n) for n in names])
-            return len(gone)
-
-        dropped = sum(await self._shards.across(on, list(groups)))
-        return {"dropped": dropped}
+        followers = [int(f) for f in job.payload["followers"]]
+        return {"dropped": await drop_follows(self._shards, self._cache, followee, followers)}
 
     async def dead(self, job: ClaimedJob) -> None:
         return None
+
+
+async def drop_follows(shards: Shards, cache: Cache, followee: int, followers: list[int]) -> int:
+    """The follows of ``followers`` to the (gone) ``followee`` removed on each follower's
+    shard, with their following counts; returns how many there were."""
+    groups = shards.grouped(followers)
+
+    async def on(db: Database) -> int:
+        async with db.write() as tx:
+            gone = list(
+                await tx.conn.scalars(
+                    delete(follows)
+                    .where(
+                        follows.c.followee_id == followee,
+                        follows.c.follower_id.in_(groups[db]),
+                    )
+                    .returning(follows.c.follower_id)
+                )
+            )
+            if gone:
+                names = await tx.conn.scalars(
+                    update(users)
+                    .where(users.c.id.in_(gone))
+                    .values(following_count=users.c.following_count - 1)
+                    .returning(users.c.username)
+                )
+                await cache.invalidate(tx, [profile_key(n) for n in names])
+        return len(gone)
+
+    return sum(await shards.across(on, list(groups)))

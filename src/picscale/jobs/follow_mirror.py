@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from picscale.data.counters import FollowerCounter
 from picscale.data.follows import FollowRepository
 from picscale.domain.cache_keys import profile_key
+from picscale.jobs.drop_followee import drop_follows
 from picscale.jobs.handler import Completion
 from picscale.tiers.cache import Cache
 from picscale.tiers.db.shards import Shards
@@ -61,8 +62,11 @@ class FollowMirror:
                     await self._counter.add(tx, followee, +1 if following else -1)
                     if name:
                         await self._cache.invalidate(tx, [profile_key(name)])
-        except IntegrityError:  # the followee's account is gone: nothing to mirror
-            return {"followee_gone": True}
+        except IntegrityError:
+            # the followee's account is gone (deleted before this job ran, so its
+            # deletion did not know of this follow): the follower's side goes too
+            dropped = await drop_follows(self._shards, self._cache, followee, [follower])
+            return {"followee_gone": True, "dropped": dropped}
         return {"following": following, "changed": changed}
 
     async def dead(self, job: ClaimedJob) -> None:

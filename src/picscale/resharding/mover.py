@@ -39,6 +39,11 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
+# every process follows the map within a second (MapWatcher polls 4 times a second):
+# the source's rows stay readable this long after the flip, for a process that still
+# routes by the old map; its writes meet the fence and are replayed on the new map
+CLEANUP_GRACE_SECONDS = 2.0
+
 STEPS = ("check", "publish", "copy", "fence", "marker", "flip", "lift", "cleanup")
 BEFORE_FLIP = STEPS[: STEPS.index("flip") + 1]
 MOVE_LOCK = 0x7073_6D6F_7665  # pg_advisory_lock key: one move process at a time
@@ -112,6 +117,7 @@ class ShardMover:
         *,
         fence_timeout: float = 1.5,
         progress: Callable[[str], None] | None = None,
+        cleanup_grace: float = CLEANUP_GRACE_SECONDS,
         marker_timeout: float = 5.0,
         fence_attempts: int = 5,
         fail_after: str | None = None,
@@ -122,6 +128,7 @@ class ShardMover:
         self.global_db = global_db
         self.store = store
         self.fence_timeout = fence_timeout
+        self._cleanup_grace = cleanup_grace
         self.marker_timeout = marker_timeout
         self.fence_attempts = fence_attempts
         self.fail_after = fail_after
@@ -409,6 +416,7 @@ class ShardMover:
             raise MoveError("the shard map kept changing under the flip")
         d = record.detail
         d["map_version_after"] = version
+        d["flipped_at"] = time.time()
         if self._fence_at is not None:
             d["write_pause_seconds"] = round(time.monotonic() - self._fence_at, 4)
             self._say(
@@ -432,6 +440,11 @@ class ShardMover:
         if await pg.subscription_oid(target, record.name) is not None:
             raise MoveError(f"subscription {record.name} is still on {record.target}")
         await pg.drop_publication(source, record.name)
+        # a process that has not seen the new map yet still reads the source
+        grace = float(record.detail.get("flipped_at", 0)) + self._cleanup_grace - time.time()
+        if grace > 0:
+            self._say(f"cleanup: waiting {grace:.1f} s for every process to follow the map")
+            await asyncio.sleep(grace)
         said = [time.monotonic()]
 
         def deleting(n: int) -> None:

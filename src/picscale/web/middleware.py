@@ -170,10 +170,19 @@ class RequestContext:
             await services.cache.sync()
             body = _Replayable(receive_tracked)
             receive_now: Receive = body.first
+            pristine = dict(scope.get("state") or {})
             for attempt in range(REPLAYS + 1):
+                # each attempt on a fresh copy of the scope: the framework keeps what it
+                # parsed (the form, its upload files, closed after the response) there
+                run_scope = cast("Scope", {**scope, "state": dict(pristine)})
                 moved_from = await self._attempt(
-                    scope, receive_now, send_with_id, last=attempt == REPLAYS or not body.replayable
+                    run_scope,
+                    receive_now,
+                    send_with_id,
+                    last=attempt == REPLAYS or not body.replayable,
                 )
+                if "path_template" in run_scope:
+                    cast("dict[str, Any]", scope)["path_template"] = run_scope["path_template"]
                 if moved_from is None:
                     break
                 # a move's fence: wait for the map that names the new cluster, then again

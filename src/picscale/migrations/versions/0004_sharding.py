@@ -35,6 +35,10 @@ def _sessions(key: list[str]) -> None:
 
 
 def upgrade() -> None:
+    # a follow's followee lives on their own shard, often another cluster: no foreign
+    # key (and no cascade: deleting a user must not delete other users' follows)
+    with op.batch_alter_table("follows", schema=None) as batch_op:
+        batch_op.drop_constraint("fk_follows_followee_id_users", type_="foreignkey")
     op.drop_table("sessions")
     _sessions(["user_id", "id"])
     op.create_table(
@@ -168,4 +172,8 @@ def downgrade() -> None:
         op.drop_table(table)
     op.drop_table("sessions")
     _sessions(["id"])
+    with op.batch_alter_table("follows", schema=None) as batch_op:
+        batch_op.create_foreign_key(
+            "fk_follows_followee_id_users", "users", ["followee_id"], ["id"], ondelete="CASCADE"
+        )
     op.create_index("ix_sessions_user_id", "sessions", ["user_id"], unique=False)

@@ -34,7 +34,7 @@ async def _follow_button(
         await services.social.unfollow(me, username)
     found = await _profile(request, username)
     # the follower's own follow shows at once (the count itself follows by a job)
-    count = await services.social.follower_count_seen_by(me, found.id, found.follower_count)
+    count = await services.social.follower_count_seen_by(me, found.id)
     found = msgspec.structs.replace(found, follower_count=count)
     return await render(request, "_follow.html", profile=found, following=follow)
 
