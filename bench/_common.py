@@ -267,3 +267,172 @@ def run_wrk(
     ]  # fmt: skip
     out = subprocess.run(args, capture_output=True, text=True, check=True, timeout=duration + 60)
     return parse_wrk(out.stdout)
+
+
+# -- in-process services and shard layouts (stage 9 benchmarks) -------------------------
+
+
+def tiny_jpeg(seed: int, size: int = 48) -> bytes:
+    """A small JPEG, different for each ``seed`` (an upload that costs little to render)."""
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (size, size), (seed % 256, (seed // 256) % 256, 160)).save(out, "JPEG")
+    return out.getvalue()
+
+
+def layout_url(urls: Sequence[str]) -> str:
+    """``c1=URL;c2=URL;…``: a shard layout of one cluster per URL."""
+    return ";".join(f"c{i}={url}" for i, url in enumerate(urls, start=1))
+
+
+def migrate(data_dir: Path, **settings: Any) -> None:
+    """Every cluster of the layout upgraded to the newest schema (as ``serve`` does)."""
+    from picscale.settings import load_settings
+    from picscale.tiers.db.migrate import upgrade
+
+    upgrade(load_settings({}, data_dir=data_dir, **settings))
+
+
+def quiet_logs() -> None:
+    """The service's log lines in this process: warnings and worse only, on stderr (the
+    table goes to stdout)."""
+    import logging
+
+    import structlog
+
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
+
+
+class InProcess:
+    """The service's tiers and domain built in this process (``build_services``), for
+    benchmarks that call the domain directly: ``async with InProcess(dir, **settings)``."""
+
+    def __init__(self, data_dir: Path, **settings: Any) -> None:
+        from picscale.settings import load_settings
+
+        quiet_logs()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.settings = load_settings({}, data_dir=data_dir, **settings)
+
+    async def __aenter__(self) -> Any:
+        from picscale.services import build_services
+
+        self.services = build_services(self.settings)
+        await self.services.start()
+        return self.services
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.services.close()
+
+
+# -- bulk seeding by SQL (what a benchmark does not time) ------------------------------
+
+_minted = iter(range(1 << 62))
+_minted_base_ms = 0
+
+
+def past_id(shard: int) -> int:
+    """A sharded id on ``shard``, as if minted an hour ago (unique within this process;
+    ids minted by the service are newer, so they sort after these)."""
+    from picscale.ids import EPOCH_MS, compose
+
+    global _minted_base_ms
+    if not _minted_base_ms:
+        _minted_base_ms = time.time_ns() // 1_000_000 - EPOCH_MS - 3_600_000
+    n = next(_minted)
+    return compose(_minted_base_ms + n // 1024, shard, n % 1024)
+
+
+async def insert_bulk(
+    db: Any, table: Any, rows: Sequence[dict[str, Any]], *, no_fk: bool = False
+) -> None:
+    """``rows`` into ``table`` on cluster ``db`` (a ``Database``), 5,000 a statement;
+    ``no_fk``: foreign keys unchecked (PostgreSQL's replica role, as a bulk load)."""
+    from sqlalchemy import insert, text
+
+    for start in range(0, len(rows), 5000):
+        async with db.write() as tx:
+            if no_fk:
+                await tx.conn.execute(text("SET LOCAL session_replication_role = replica"))
+            await tx.conn.execute(insert(table), list(rows[start : start + 5000]))
+
+
+async def insert_routed(
+    route: Callable[[int], Any],
+    table: Any,
+    rows: Sequence[dict[str, Any]],
+    key: str,
+    *,
+    no_fk: bool = False,
+) -> None:
+    """``rows`` each on the cluster ``route(row[key])`` names, the clusters in parallel."""
+    import asyncio
+
+    groups: dict[Any, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(route(row[key]), []).append(row)
+    await asyncio.gather(*(insert_bulk(db, table, g, no_fk=no_fk) for db, g in groups.items()))
+
+
+async def seed_accounts(
+    route: Callable[[int], Any],
+    home: Any,
+    count: int,
+    *,
+    photos_each: int,
+    prefix: str,
+    shards: Sequence[int] | None = None,
+    password_hash: str = "!",  # noqa: S107 (no password matches it)
+) -> tuple[list[tuple[int, str]], list[int]]:
+    """``count`` accounts with ``photos_each`` ready photos each, on random logical shards
+    (of ``shards`` if given); returns ([(id, name)], photo ids). With the default
+    ``password_hash`` no password logs in."""
+    import random
+    from datetime import UTC, datetime
+
+    from picscale.data.schema import photos, usernames, users
+    from picscale.ids import shard_of
+
+    now = datetime.now(UTC)
+    choices = list(shards) if shards is not None else list(range(8192))
+    accounts = [(past_id(random.choice(choices)), f"{prefix}{i}") for i in range(count)]
+    photo_rows = [
+        {
+            "id": past_id(shard_of(user_id)),
+            "owner_id": user_id,
+            "caption": "",
+            "format": "jpeg",
+            "status": "ready",
+            "version": 1,
+            "next_version": 2,
+            "width": 48,
+            "height": 48,
+            "created_at": now,
+        }
+        for user_id, _ in accounts
+        for _ in range(photos_each)
+    ]
+    await insert_bulk(
+        home,
+        usernames,
+        [{"username": name, "user_id": i, "created_at": now} for i, name in accounts],
+    )
+    user_rows = [
+        {
+            "id": i,
+            "username": name,
+            "display_name": name,
+            "password_hash": password_hash,
+            "created_at": now,
+        }
+        for i, name in accounts
+    ]
+    await insert_routed(route, users, user_rows, "id")
+    await insert_routed(route, photos, photo_rows, "owner_id")
+    return accounts, [row["id"] for row in photo_rows]
