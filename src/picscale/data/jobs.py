@@ -15,6 +15,7 @@ from sqlalchemy import and_, case, delete, func, insert, or_, select, update
 from picscale.clock import utcnow
 from picscale.data.schema import jobs
 from picscale.tiers.db import Database, WriteTx
+from picscale.tiers.db.database import ShardMoving
 from picscale.tiers.db.shards import Shards
 from picscale.tiers.queue.port import ClaimedJob, DeadJob, JobState, NewJob
 
@@ -165,8 +166,13 @@ class JobRepository:
         clusters = self._clusters()
         self._turn = (self._turn + 1) % len(clusters)
         for db in clusters[self._turn :] + clusters[: self._turn]:
-            async with db.write() as tx:
-                row = (await tx.conn.execute(statement)).first()
+            try:
+                async with db.write() as tx:
+                    row = (await tx.conn.execute(statement)).first()
+            except ShardMoving:
+                # the oldest due job here is on a shard in a move's last moment: it is
+                # claimed (where the map sends it) a moment later; other clusters go on
+                continue
             if row is not None:
                 return _claimed(row, owner)
         return None

@@ -77,7 +77,7 @@ class PhotoRepository:
         groups = self._shards.grouped(photo_ids)
 
         async def on(db: Database) -> dict[int, PhotoRecord]:
-            async with db.read() as conn:
+            async with self._shards.read_for(db, groups[db]) as conn:
                 rows = await conn.execute(_select().where(photos.c.id.in_(groups[db])))
                 return {row.id: _photo(row) for row in rows}
 
@@ -105,7 +105,7 @@ class PhotoRepository:
         async def on(db: Database) -> list[int]:
             owners = groups[db]
             out: list[int] = []
-            async with db.read() as conn:
+            async with self._shards.read_for(db, owners) as conn:
                 for start in range(0, len(owners), IN_LIST_MAX):
                     query = select(photos.c.id).where(
                         photos.c.owner_id.in_(owners[start : start + IN_LIST_MAX]),

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+
+import structlog
 
 from picscale.data.celebrities import CelebrityRepository
 from picscale.data.follows import FollowRepository
@@ -18,9 +21,11 @@ from picscale.jobs import follow_mirror
 from picscale.tiers.cache import Cache
 from picscale.tiers.db.shards import Shards
 from picscale.tiers.queue import JobQueue
-from picscale.tiers.timelines import TimelineStore
+from picscale.tiers.timelines import TimelineStore, TimelinesUnavailable
 
 STARS_TTL_SECONDS = 5.0
+
+log = structlog.get_logger(__name__)
 
 
 class Social:
@@ -96,7 +101,10 @@ class Social:
                 )
                 await self._cache.invalidate(tx, self._changed(actor, target_name))
         if changed:  # the actor's timeline no longer holds what it should: rebuilt
-            await self._timelines.drop(actor.id)
+            try:
+                await self._timelines.drop(actor.id)
+            except TimelinesUnavailable as exc:  # it ends with its TTL
+                log.warning("timeline_not_dropped", user_id=str(actor.id), error=str(exc))
         return changed
 
     async def follower_count_seen_by(self, actor: UserRecord, target_id: int) -> int:
@@ -125,13 +133,22 @@ class Social:
         want = limit + 1
         followees = await self._follows.followees(viewer_id)  # one query, viewer's shard
         stars = await self._stars() & set(followees)
-        timeline = await self._timelines.read(viewer_id, before, want)
+        try:
+            timeline = await self._timelines.read(viewer_id, before, want)
+        except TimelinesUnavailable as exc:
+            log.warning("timeline_unavailable", error=str(exc))
+            timeline = None  # pulled this time, and not kept
+            available = False
+        else:
+            available = True
         if timeline is None:
             # cold: a pull on every cluster of the followees, in parallel, kept warm
             pulled = await self._photo_rows.recent_ids_across_shards(
                 followees, None, self._timeline_max
             )
-            await self._timelines.build(viewer_id, pulled)
+            if available:
+                with contextlib.suppress(TimelinesUnavailable):
+                    await self._timelines.build(viewer_id, pulled)
             timeline = [i for i in pulled if before is None or i < before][:want]
         elif before is not None and len(timeline) < want and followees:
             # older than what the capped timeline holds: pulled

@@ -30,7 +30,9 @@ FENCED = tuple(t for t in SHARDED if t != MARKERS)
 # children before their parents (range deletes), parents first (nothing else needs it)
 CHILDREN_FIRST = tuple(t.name for t in reversed(metadata.sorted_tables) if t.name in SHARDED)
 DELETE_BATCH = 5000
-LOCK_TIMEOUT = "1s"  # DDL on a busy table: give up and retry rather than queue writers
+# DDL on a busy table: give up and retry rather than queue writers behind it (and well
+# under deadlock_timeout, 1 s: a writer waiting on us must never be the one killed)
+LOCK_TIMEOUT = "200ms"
 
 
 def shard_of_sql(column: str) -> str:
@@ -60,7 +62,7 @@ async def _rows(conn: AsyncConnection, sql: str, *params: Any) -> list[tuple[Any
     return [tuple(row) for row in await conn.exec_driver_sql(sql, params)]
 
 
-async def _ddl(db: Database, statements: list[str], attempts: int = 10) -> None:
+async def _ddl(db: Database, statements: list[str], attempts: int = 25) -> None:
     """Statements in one transaction that takes table locks: with a short lock timeout,
     retried, so that writers never queue long behind it."""
     for attempt in range(attempts):
@@ -344,23 +346,28 @@ $fence$"""
 
 async def install_fence_triggers(db: Database) -> None:
     """On every fenced table: a row trigger that refuses writes to fenced shards. With
-    no fence it costs one look at an empty table."""
-    statements = []
+    no fence it costs one look at an empty table. One table per transaction: a lock on
+    one table at a time, so that writers touching several never deadlock with it."""
     for table in FENCED:
-        statements.append(_fence_function(table, SHARDED[table]))
-        statements.append(
-            f"CREATE OR REPLACE TRIGGER {FENCE_TRIGGER} BEFORE INSERT OR UPDATE OR DELETE "
-            f'ON "{table}" FOR EACH ROW EXECUTE FUNCTION picscale_fence_{table}()'
+        await _ddl(
+            db,
+            [
+                _fence_function(table, SHARDED[table]),
+                f"CREATE OR REPLACE TRIGGER {FENCE_TRIGGER} BEFORE INSERT OR UPDATE OR DELETE "
+                f'ON "{table}" FOR EACH ROW EXECUTE FUNCTION picscale_fence_{table}()',
+            ],
         )
-    await _ddl(db, statements)
 
 
 async def drop_fence_triggers(db: Database) -> None:
-    statements = []
-    for table in FENCED:
-        statements.append(f'DROP TRIGGER IF EXISTS {FENCE_TRIGGER} ON "{table}"')
-        statements.append(f"DROP FUNCTION IF EXISTS picscale_fence_{table}()")
-    await _ddl(db, statements)
+    for table in FENCED:  # one table per transaction, as they were installed
+        await _ddl(
+            db,
+            [
+                f'DROP TRIGGER IF EXISTS {FENCE_TRIGGER} ON "{table}"',
+                f"DROP FUNCTION IF EXISTS picscale_fence_{table}()",
+            ],
+        )
 
 
 async def has_fence_triggers(db: Database) -> bool:

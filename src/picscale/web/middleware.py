@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import structlog
 from litestar.enums import ScopeType
+from litestar.utils.scope.state import CONNECTION_STATE_KEY
 
 from picscale.tiers.db.read_your_writes import current_scope, request_scope
 from picscale.web.caching import PRIVATE
@@ -170,7 +171,11 @@ class RequestContext:
             await services.cache.sync()
             body = _Replayable(receive_tracked)
             receive_now: Receive = body.first
-            pristine = dict(scope.get("state") or {})
+            # the framework's per-connection cache (the parsed body, form and upload
+            # files, closed after a response) must not carry over to a replay
+            pristine = {
+                k: v for k, v in (scope.get("state") or {}).items() if k != CONNECTION_STATE_KEY
+            }
             for attempt in range(REPLAYS + 1):
                 # each attempt on a fresh copy of the scope: the framework keeps what it
                 # parsed (the form, its upload files, closed after the response) there

@@ -23,9 +23,11 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, TypeVar
 
 import structlog
+from sqlalchemy import text
 
 from picscale.ids import shard_of
 from picscale.tiers.db.database import Database, ReadConnection, ShardMoving, WriteTx
+from picscale.tiers.db.read_your_writes import mark_stale_read, wants_fresh
 from picscale.tiers.db.shard_map import ShardMap, ShardMapError
 
 if TYPE_CHECKING:
@@ -35,6 +37,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
+# the fenced ranges of a cluster (``resharding``): a handful of rows at most
+FENCES = text('SELECT "first", "last" FROM shard_fences')
 TRAFFIC_FLUSH_SECONDS = 5.0
 MOVE_WAIT_SECONDS = 5.0  # a write fenced by a move waits this long for the new map
 
@@ -85,11 +89,11 @@ class Shards:
         self._store = store
         current = await store.load()
         if current is None:
-            first = ShardMap.even(list(self.clusters), self.logical)
-            if not await store.publish(first):  # another process was first
-                pass
+            # compare-and-set: when several processes start at once, one version 1 wins
+            await store.publish(ShardMap.even(list(self.clusters), self.logical))
             current = await store.load()
-            assert current is not None
+            if current is None:
+                raise ShardMapError(f"no shard map could be stored in {store.describe()}")
         self.set_map(current)
         if watch:
             self._watcher = MapWatcher(store, self._on_change)
@@ -153,7 +157,28 @@ class Shards:
     def read(self, key: int) -> contextlib.AbstractAsyncContextManager[ReadConnection]:
         shard = shard_of(key)
         self._traffic[(shard, False)] += 1
-        return self.for_shard(shard).read()
+        return self._read(self.for_shard(shard), {shard})
+
+    def read_for(
+        self, db: Database, keys: Iterable[int]
+    ) -> contextlib.AbstractAsyncContextManager[ReadConnection]:
+        """Reads on ``db`` of rows with these sharded ids (a cross-shard query's part)."""
+        shards = {shard_of(k) for k in keys}
+        for shard in shards:
+            self._traffic[(shard, False)] += 1
+        return self._read(db, shards)
+
+    @asynccontextmanager
+    async def _read(self, db: Database, shards: set[int]) -> AsyncIterator[ReadConnection]:
+        async with db.read() as conn:
+            yield conn
+            if wants_fresh():
+                # a value for the cache: if a move has fenced (or moved away) any of these
+                # shards here, this cluster may no longer get their writes: serve it,
+                # but do not cache it (a process on the old map for a moment)
+                fences = (await conn.execute(FENCES)).all()
+                if any(first <= s <= last for first, last in fences for s in shards):
+                    mark_stale_read()
 
     def read_on_primary(
         self, key: int, intent: str = "read", *, fall_back: bool = False

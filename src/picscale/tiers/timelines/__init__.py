@@ -7,6 +7,6 @@
 """
 
 from picscale.tiers.timelines.factory import create_timelines
-from picscale.tiers.timelines.port import TimelineStore
+from picscale.tiers.timelines.port import TimelineStore, TimelinesUnavailable
 
-__all__ = ["TimelineStore", "create_timelines"]
+__all__ = ["TimelineStore", "TimelinesUnavailable", "create_timelines"]

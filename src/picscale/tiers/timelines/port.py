@@ -8,6 +8,10 @@ from collections.abc import Sequence
 from typing import Protocol
 
 
+class TimelinesUnavailable(Exception):
+    """The store cannot be reached for now (a Redis failover): feeds are pulled."""
+
+
 class TimelineStore(Protocol):
     async def read(self, user_id: int, before: int | None, count: int) -> list[int] | None:
         """Up to ``count`` ids older than ``before``, newest first; None when cold."""
