@@ -6,6 +6,7 @@ counter of one much-followed account exact under 2,000 concurrent follows."""
 from __future__ import annotations
 
 import asyncio
+import io
 import random
 import uuid
 from collections.abc import AsyncIterator
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image
 from sqlalchemy import func, select
 
 from picscale.data.counters import FollowerCounter
@@ -29,7 +31,6 @@ from picscale.tiers.db.map_store import TableMapStore
 from picscale.tiers.db.migrate import upgrade
 from picscale.tiers.db.shard_map import LOGICAL_SHARDS
 from tests.support.api import PASSWORD, new_user
-from tests.support.images import image_bytes
 from tests.support.pg import PostgresServer
 from tests.support.picscale_server import Server, running_server
 from tests.support.waiting import wait_until
@@ -183,7 +184,8 @@ def test_writes_that_meet_a_moves_fence_wait_and_are_replayed(
         asyncio.run(fence(True))
         before = rollbacks()
         with ThreadPoolExecutor(2) as pool:
-            uploading = pool.submit(upload_status, client, image_bytes(120, 80))
+            # over a megabyte: the upload is spooled to a file, closed after the response
+            uploading = pool.submit(upload_status, client, noisy_png())
             following = pool.submit(
                 lambda: client.put(f"/api/v1/users/{other['username']}/follow").status_code
             )
@@ -195,7 +197,14 @@ def test_writes_that_meet_a_moves_fence_wait_and_are_replayed(
         assert client.get("/api/v1/me").status_code == 200
 
 
+def noisy_png() -> bytes:
+    out = io.BytesIO()
+    Image.effect_noise((1000, 800), 80).convert("RGB").save(out, "PNG")
+    assert len(out.getvalue()) > 1024 * 1024
+    return out.getvalue()
+
+
 def upload_status(client: httpx.Client, data: bytes) -> int:
     return client.post(
-        "/api/v1/photos", files={"file": ("p.jpg", data, "image/jpeg")}, data={"caption": ""}
+        "/api/v1/photos", files={"file": ("p.png", data, "image/png")}, data={"caption": ""}
     ).status_code

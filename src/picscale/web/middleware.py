@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import os
 import re
 import time
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import structlog
 from litestar.enums import ScopeType
+from litestar.types import Empty
 from litestar.utils.scope.state import CONNECTION_STATE_KEY
 
 from picscale.tiers.db.read_your_writes import current_scope, request_scope
@@ -99,6 +101,25 @@ class _Replayable:
         return not self.too_big
 
 
+# what the framework parsed from the request and keeps on its connection state: a replay
+# parses the body again (the first attempt's upload files are closed by now)
+_PARSED = ("body", "form", "json", "msgpack", "content_type")
+
+
+def _for_replay(scope: Scope) -> Scope:
+    """The scope again, with a copy of its connection state that has forgotten what was
+    parsed (the rest, such as its exception handlers, is kept)."""
+    state = dict(scope.get("state") or {})
+    kept = state.get(CONNECTION_STATE_KEY)
+    if kept is not None:
+        fresh = copy.copy(kept)
+        for name in _PARSED:
+            if hasattr(fresh, name):
+                setattr(fresh, name, Empty)
+        state[CONNECTION_STATE_KEY] = fresh
+    return cast("Scope", {**scope, "state": state})
+
+
 class RequestContext:
     def __init__(self, app: ASGIApp, services: Callable[[], Services]) -> None:
         self.app = app
@@ -171,29 +192,21 @@ class RequestContext:
             await services.cache.sync()
             body = _Replayable(receive_tracked)
             receive_now: Receive = body.first
-            # the framework's per-connection cache (the parsed body, form and upload
-            # files, closed after a response) must not carry over to a replay
-            pristine = {
-                k: v for k, v in (scope.get("state") or {}).items() if k != CONNECTION_STATE_KEY
-            }
+            run_scope: Scope = scope
             for attempt in range(REPLAYS + 1):
-                # each attempt on a fresh copy of the scope: the framework keeps what it
-                # parsed (the form, its upload files, closed after the response) there
-                run_scope = cast("Scope", {**scope, "state": dict(pristine)})
                 moved_from = await self._attempt(
                     run_scope,
                     receive_now,
                     send_with_id,
                     last=attempt == REPLAYS or not body.replayable,
                 )
-                if "path_template" in run_scope:
-                    cast("dict[str, Any]", scope)["path_template"] = run_scope["path_template"]
                 if moved_from is None:
                     break
                 # a move's fence: wait for the map that names the new cluster, then again
                 await services.shards.wait_moved(moved_from)
                 log.info("request_replayed_after_shard_move", attempt=attempt + 1)
                 receive_now = body.again()
+                run_scope = _for_replay(scope)
             if not body_read and status >= 400:
                 # refused before its body was read (too large, not allowed): read the rest,
                 # so the client gets our answer rather than a connection reset mid-send
