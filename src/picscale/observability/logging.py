@@ -7,6 +7,9 @@ import logging
 import sys
 
 import structlog
+from structlog.tracebacks import ExceptionDictTransformer
+
+from picscale.observability.redaction import redact_secrets
 
 
 def configure_logging(level: str = "info", *, process: str = "web") -> None:
@@ -18,10 +21,14 @@ def configure_logging(level: str = "info", *, process: str = "web") -> None:
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    # a traceback as a dict, with its frames' variables (they make a 500 debuggable),
+    # then every credential among them and elsewhere on the line replaced
+    tracebacks = structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=True))
     structlog.configure(
         processors=[
             *shared,
-            structlog.processors.dict_tracebacks,
+            tracebacks,
+            redact_secrets,
             structlog.processors.JSONRenderer(),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
@@ -38,6 +45,8 @@ def configure_logging(level: str = "info", *, process: str = "web") -> None:
         structlog.stdlib.ProcessorFormatter(
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                tracebacks,
+                redact_secrets,
                 structlog.processors.JSONRenderer(),
             ],
             foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
