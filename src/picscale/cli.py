@@ -19,11 +19,21 @@ from picscale.settings import Settings, SettingsError, load_settings
 T = TypeVar("T")
 
 
-def _settings(**overrides: Any) -> Settings:
+def _settings(*, database: bool = False, **overrides: Any) -> Settings:
+    """The settings, every tier URL among them checked before anything starts; with
+    ``database``, the database must exist (``serve`` and ``migrate`` create it). A
+    mistake stops the command with one line saying what to fix."""
+    from picscale.services import check_tier_urls
+    from picscale.tiers.db.migrate import DatabaseMissing, require_database
+
     try:
-        return load_settings(**overrides)
-    except SettingsError as exc:
-        raise click.UsageError(str(exc)) from None
+        settings = load_settings(**overrides)
+        check_tier_urls(settings)
+        if database:
+            require_database(settings)
+    except (SettingsError, DatabaseMissing) as exc:
+        raise click.ClickException(str(exc)) from None
+    return settings
 
 
 data_dir_option = click.option(
@@ -64,18 +74,20 @@ def serve(
         host=host, port=port, workers=workers, job_workers=job_workers, data_dir=data_dir
     )
     from picscale.observability.logging import configure_logging
-    from picscale.serve import Supervisor
-    from picscale.settings import secret_key_for
+    from picscale.serve import PortUnavailable, Supervisor, reserve_port
     from picscale.tiers.db.migrate import upgrade
 
     def say(line: str) -> None:
         click.echo(line, err=True)
 
+    try:
+        held = reserve_port(settings.web.host, settings.web.port)  # first: ours, or a clear no
+    except PortUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
     configure_logging(settings.log_level, process="serve")
     say(f"picscale {__version__}: preparing {settings.data_dir.resolve()}")
     _migrated(lambda: upgrade(settings))
-    secret_key_for(settings)  # made once here, before the processes that read it start
-    sys.exit(Supervisor(settings, say).run())
+    sys.exit(Supervisor(settings, say, held).run())
 
 
 def _range(value: str | None) -> tuple[int, int] | None:
@@ -125,7 +137,7 @@ def worker(
     overrides: dict[str, Any] = {"data_dir": data_dir}
     if concurrency is not None:
         overrides["job_concurrency"] = concurrency
-    settings = _settings(**overrides)
+    settings = _settings(database=True, **overrides)
     with contextlib.nullcontext() if metrics_port is None else shared_metrics_dir():
         if bounds is not None:
             from picscale.worker.autoscale import run_autoscaler
@@ -176,8 +188,10 @@ def dead() -> None:
 def _with_queue(data_dir: Path | None, action: Callable[[Any], Awaitable[T]]) -> T:
     from picscale.services import build_services
 
+    settings = _settings(database=True, data_dir=data_dir)
+
     async def run() -> T:
-        services = build_services(_settings(data_dir=data_dir))
+        services = build_services(settings)
         try:
             await services.start(mint_ids=False)
             return await action(services.queue)

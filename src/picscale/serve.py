@@ -3,9 +3,12 @@ when a worker dies, stopped together on SIGTERM or Ctrl-C."""
 
 from __future__ import annotations
 
+import errno
+import http.client
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,14 +20,83 @@ from picscale.settings import Settings
 
 RESTART_DELAY_SECONDS = 1.0
 STOP_TIMEOUT_SECONDS = 40.0
+HEALTH_TIMEOUT_SECONDS = 1.0
+
+
+class PortUnavailable(Exception):
+    """The address to serve on cannot be had; the message says why and what to do."""
+
+
+def reserve_port(host: str, port: int) -> socket.socket:
+    """A socket bound to the address to serve on, held while ``picscale serve`` runs, or
+    PortUnavailable.
+
+    granian's processes bind with SO_REUSEPORT, so a second server on a port already
+    served would share it silently, each answering some requests from its own database.
+    A socket bound without SO_REUSEPORT fails while anything listens there (and, with
+    SO_REUSEADDR, not for the connections of a last run left in TIME_WAIT): that is the
+    check. The socket then held binds with SO_REUSEPORT alone and never listens: our
+    granian (same user, SO_REUSEPORT) binds beside it, while the check of another
+    ``picscale serve`` fails on it, even before our granian listens (seconds, on a busy
+    machine)."""
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except (OSError, UnicodeError) as exc:
+        raise PortUnavailable(f"cannot serve on {where}: {host!r} is not an address") from exc
+    held = None
+    for option in (socket.SO_REUSEADDR, socket.SO_REUSEPORT):
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, option, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            sock.close()
+            raise _unavailable(where, host, exc) from None
+        if option == socket.SO_REUSEPORT:
+            held = sock
+        else:
+            sock.close()
+    assert held is not None
+    return held
+
+
+def _unavailable(where: str, host: str, exc: OSError) -> PortUnavailable:
+    if exc.errno == errno.EADDRINUSE:
+        return PortUnavailable(
+            f"{where} is already in use (another `picscale serve`?): stop what listens "
+            "there, or serve on another --port"
+        )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return PortUnavailable(f"cannot serve on {where}: {host} is not an address of this machine")
+    return PortUnavailable(f"cannot serve on {where}: {exc.strerror}")
+
+
+def answers(host: str, port: int) -> bool:
+    """Whether the web server at host:port answers /healthz (on loopback when it listens
+    on every address)."""
+    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+    conn = http.client.HTTPConnection(host, port, timeout=HEALTH_TIMEOUT_SECONDS)
+    try:
+        conn.request("GET", "/healthz")
+        return conn.getresponse().status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
 
 
 class Supervisor:
     """Starts granian and the job workers, restarts workers that die, stops all on signal."""
 
-    def __init__(self, settings: Settings, say: Callable[[str], None]) -> None:
+    def __init__(
+        self, settings: Settings, say: Callable[[str], None], port: socket.socket | None = None
+    ) -> None:
         self.settings = settings
         self.say = say
+        self.port = port  # reserve_port's: held until the end
         # one directory per serve process: several may share a data directory
         self.metrics_dir = settings.data_dir.resolve() / "run" / "metrics" / str(os.getpid())
         self.stopping = False
@@ -71,12 +143,15 @@ class Supervisor:
         self.web = self._start_web()
         self.workers = [self._start_worker() for _ in range(self.settings.worker.processes)]
         s = self.settings
-        self.say(
-            f"serving http://{s.web.host}:{s.web.port} with {s.web.workers} web and "
-            f"{s.worker.processes} job worker process(es); Ctrl-C stops"
-        )
+        announced = False
         code = 0
         while not self.stopping:
+            if not announced and answers(s.web.host, s.web.port):
+                announced = True  # said once it is true, not when granian was started
+                self.say(
+                    f"serving http://{s.web.host}:{s.web.port} with {s.web.workers} web and "
+                    f"{s.worker.processes} job worker process(es); Ctrl-C stops"
+                )
             if (web_code := self.web.poll()) is not None:
                 self.say(f"the web server exited with code {web_code}; stopping")
                 code = web_code or 1
@@ -112,3 +187,5 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        if self.port is not None:
+            self.port.close()

@@ -18,14 +18,20 @@ from picscale.ids import IdGenerator
 from picscale.observability.metrics import Metrics
 from picscale.settings import Settings
 from picscale.tiers.cache import Cache, create_cache
-from picscale.tiers.db.factory import create_shards
+from picscale.tiers.cache.factory import check_cache_url
+from picscale.tiers.db.factory import check_database_urls, create_shards
+from picscale.tiers.db.map_store import check_map_url
 from picscale.tiers.db.read_your_writes import Sticking
 from picscale.tiers.db.shards import Shards
 from picscale.tiers.edge import Edge, create_edge
+from picscale.tiers.edge.factory import check_edge_urls
 from picscale.tiers.events import JobEvents, create_job_events
 from picscale.tiers.queue import JobQueue, create_job_queue
+from picscale.tiers.queue.factory import check_queue_url
 from picscale.tiers.sessions import SessionStore, create_session_store
+from picscale.tiers.sessions.factory import check_session_url
 from picscale.tiers.storage import MediaStore, create_media_store
+from picscale.tiers.storage.factory import check_storage_url
 from picscale.tiers.timelines import TimelineStore, create_timelines
 
 
@@ -79,7 +85,21 @@ class Services:
         await self.shards.dispose()
 
 
+def check_tier_urls(settings: Settings) -> None:
+    """Every tier's URL read as its factory will read it, opening nothing: a command
+    checks them before it starts anything, so that a malformed one stops it with one
+    line (a SettingsError naming the variable and the forms it takes)."""
+    check_database_urls(settings)
+    check_map_url(settings.shards.map_url)
+    check_cache_url(settings.cache.url)
+    check_session_url(settings.sessions.url)
+    check_queue_url(settings.queue.url)
+    check_storage_url(settings.resolved_storage_url)
+    check_edge_urls(settings)
+
+
 def build_services(settings: Settings, metrics: Metrics | None = None) -> Services:
+    check_tier_urls(settings)
     metrics = metrics or Metrics()
     shards = create_shards(settings, metrics)
     cache = create_cache(settings, shards, metrics)

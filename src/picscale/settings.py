@@ -11,11 +11,11 @@ name in lower case (``load_settings(cache_url="redis://...")``).
 from __future__ import annotations
 
 import os
-import secrets
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import SplitResult, urlsplit
 
 ENV_PREFIX = "PICSCALE_"
 MB = 1024 * 1024
@@ -23,6 +23,25 @@ MB = 1024 * 1024
 
 class SettingsError(ValueError):
     """A setting is missing or malformed; the message names the variable to fix."""
+
+
+def checked_url(variable: str, url: str, schemes: Collection[str], forms: str) -> SplitResult:
+    """``url`` split, when its scheme is one of ``schemes`` and every port in it a number;
+    else a SettingsError naming ``variable`` and the ``forms`` it takes. The message never
+    quotes the URL: it may hold a password."""
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError:
+        raise SettingsError(f"{variable} is not a URL: use {forms}") from None
+    if parts.scheme not in schemes:
+        what = f"scheme {parts.scheme!r}" if parts.scheme else "a URL without a scheme"
+        raise SettingsError(f"{variable}: {what} is not supported: use {forms}")
+    # libpq, Sentinel and etcd take several hosts: host:port,host:port
+    for host in parts.netloc.rpartition("@")[2].split(","):
+        port = host.rpartition("]")[2].rpartition(":")[2] if ":" in host else ""
+        if port and not (port.isdecimal() and port.isascii() and 0 < int(port) < 65536):
+            raise SettingsError(f"{variable}: a port is not a number from 1 to 65535: use {forms}")
+    return parts
 
 
 def variable(name: str, default: Any) -> Any:
@@ -313,23 +332,3 @@ def _validated(settings: Settings) -> Settings:
             f"{ENV_PREFIX}SECRET_KEY must be set to at least 32 random characters in production"
         )
     return settings
-
-
-def secret_key_for(settings: Settings) -> str:
-    """The configured secret, or one generated once and kept in the data directory."""
-    if settings.secret_key:
-        return settings.secret_key
-    path = settings.data_dir / "secret_key"
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        key = secrets.token_urlsafe(48)
-        # O_EXCL: when several processes start at once, the first writer wins
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return path.read_text().strip()
-        with os.fdopen(fd, "w") as fh:
-            fh.write(key)
-        return key

@@ -1,10 +1,12 @@
 """No credential reaches a log: a real server's 500s (their tracebacks carry the frames'
-local variables), checked for known secrets."""
+local variables) and its files, checked for known secrets."""
 
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
+import stat
 import uuid
 from pathlib import Path
 
@@ -75,3 +77,15 @@ def test_tracebacks_of_500s_carry_no_credentials(tmp_path: Path) -> None:
         # whole, or a piece of it (a variable's value cut short)
         assert secret[:12] not in log, f"{secret[:12]}… is in the log"
     assert "[redacted]" in log
+
+
+def test_files_with_secrets_are_private(tmp_path: Path) -> None:
+    """The database (password hashes, session tokens) and its WAL: the owner's alone.
+    No secret_key file: nothing would read it."""
+    with running_server(tmp_path, job_workers=0) as server:
+        assert server.client().get("/readyz").status_code == 200
+        files = [p for p in tmp_path.iterdir() if re.fullmatch(r"picscale\.db(-wal|-shm)?", p.name)]
+        assert {p.name for p in files} >= {"picscale.db", "picscale.db-wal"}
+        for path in files:
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+        assert not (tmp_path / "secret_key").exists()

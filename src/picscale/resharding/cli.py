@@ -35,10 +35,15 @@ def _open_sharding(settings: Settings) -> AbstractAsyncContextManager[Sharding]:
 
 
 def _run(data_dir: Path | None, action: Action[T]) -> T:
+    from picscale.services import check_tier_urls
+    from picscale.tiers.db.migrate import DatabaseMissing, require_database
+
     try:
         settings = load_settings(data_dir=data_dir)
-    except SettingsError as exc:
-        raise click.UsageError(str(exc)) from None
+        check_tier_urls(settings)  # a mistake is one line, before anything is opened
+        require_database(settings)
+    except (SettingsError, DatabaseMissing) as exc:
+        raise click.ClickException(str(exc)) from None
 
     async def main() -> T:
         async with _open_sharding(settings) as (clusters, global_db, store):

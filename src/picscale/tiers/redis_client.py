@@ -11,14 +11,32 @@ from urllib.parse import urlsplit
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.sentinel import Sentinel
 
-from picscale.settings import SettingsError
+from picscale.settings import SettingsError, checked_url
 
 POOL_SIZE = 16
 SCHEMES = ("redis", "rediss", "redis+sentinel")
+URL_FORMS = "redis://host:6379/0, rediss://host:6380/0 or redis+sentinel://host:26379/master/0"
 
 
 def is_redis_url(url: str) -> bool:
     return urlsplit(url).scheme in SCHEMES
+
+
+def check_redis_url(variable: str, url: str, schemes: tuple[str, ...], forms: str) -> None:
+    """A Redis URL (or one of the other ``schemes``) that its client will accept."""
+    parts = checked_url(variable, url, (*schemes, *SCHEMES), forms)
+    if parts.scheme not in SCHEMES:
+        return
+    path = [p for p in parts.path.split("/") if p]
+    if parts.scheme == "redis+sentinel":
+        if not path or not (len(path) == 1 or path[1].isdecimal()):
+            raise SettingsError(
+                f"{variable}: name the master (and a database number), as in "
+                "redis+sentinel://host:26379,host:26380/mymaster/0"
+            )
+        return
+    if "," in parts.netloc or (path and (len(path) > 1 or not path[0].isdecimal())):
+        raise SettingsError(f"{variable}: one host and a database number, as in {forms}")
 
 
 def _sentinel_client(url: str, timeout: float) -> Redis:

@@ -5,15 +5,22 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from picscale.observability.metrics import Metrics
-from picscale.settings import Settings, SettingsError
+from picscale.settings import Settings
 from picscale.tiers.cache.cache_aside import Cache
 from picscale.tiers.cache.port import CacheBackend
 from picscale.tiers.db.shards import Shards
-from picscale.tiers.redis_client import is_redis_url
+from picscale.tiers.redis_client import URL_FORMS, check_redis_url, is_redis_url
+
+
+def check_cache_url(url: str) -> None:
+    check_redis_url(
+        "PICSCALE_CACHE_URL", url, ("memory", "none"), f"memory://, none://, {URL_FORMS}"
+    )
 
 
 def create_cache(settings: Settings, shards: Shards, metrics: Metrics) -> Cache:
     url = settings.cache.url
+    check_cache_url(url)
     backend: CacheBackend
     if urlsplit(url).scheme == "memory":
         from picscale.tiers.cache.memory import MemoryCache
@@ -35,13 +42,8 @@ def create_cache(settings: Settings, shards: Shards, metrics: Metrics) -> Cache:
         backend = RedisCache(
             redis_client(url, timeout=settings.cache.timeout_seconds), metrics, near
         )
-    elif urlsplit(url).scheme == "none":
+    else:  # none://
         from picscale.tiers.cache.none import NoCache
 
         backend = NoCache()
-    else:
-        raise SettingsError(
-            f"PICSCALE_CACHE_URL scheme {urlsplit(url).scheme!r} is not supported: "
-            "use memory://, redis://host:port/db, redis+sentinel://… or none://"
-        )
     return Cache(backend, ttl=settings.cache.ttl_seconds, metrics=metrics)

@@ -3,6 +3,7 @@ PostgreSQL with asyncpg (scaled out), every statement counted by intent, role an
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -93,13 +94,33 @@ def postgres_engine(url: str | URL, settings: Settings) -> AsyncEngine:
     )
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL (None for PostgreSQL, or SQLite in memory)."""
+    parsed = make_url(async_url(url))
+    if not parsed.drivername.startswith("sqlite"):
+        return None
+    if not parsed.database or parsed.database == ":memory:":
+        return None
+    return Path(parsed.database)
+
+
+def create_sqlite_file(url: str) -> None:
+    """The SQLite file of ``url``, created readable by its owner alone (it holds password
+    hashes and session tokens) before SQLite would create it with the umask's mode; its
+    -wal and -shm files get the database's mode from SQLite. An empty file is an empty
+    database. One that exists is left as it is."""
+    path = sqlite_file(url)
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+
+
 def create_engines(settings: Settings, url: str) -> tuple[AsyncEngine, AsyncEngine, str]:
     """The engines of one cluster's primary: (for writes, for reads, dialect)."""
     url = async_url(url)
     if url.startswith("sqlite"):
-        path = make_url(url).database
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        create_sqlite_file(url)
         return (
             _sqlite_engine(url, settings, immediate=True),
             _sqlite_engine(url, settings, immediate=False),

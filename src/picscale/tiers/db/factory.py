@@ -4,25 +4,65 @@ replicas listed or found by Patroni; the router over them (``create_shards``).""
 from __future__ import annotations
 
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from picscale.observability.metrics import Metrics
-from picscale.settings import Settings, SettingsError
+from picscale.settings import Settings, SettingsError, checked_url
 from picscale.tiers.db.database import Database
 from picscale.tiers.db.engines import async_url, create_engines, observed, postgres_engine
 from picscale.tiers.db.replicas import Replica, ReplicaSet, node_name
 from picscale.tiers.db.shards import Shards
 
+DATABASE_SCHEMES = ("sqlite", "sqlite+aiosqlite", "postgresql", "postgres", "postgresql+asyncpg")
+DATABASE_FORMS = (
+    "sqlite:///path/to/file.db or postgresql://user:password@host:5432/db "
+    "(several clusters: c1=URL;c2=URL)"
+)
+POSTGRES_FORMS = "postgresql://user:password@host:5432/db, comma-separated"
 
-def create_shards(settings: Settings, metrics: Metrics) -> Shards:
+
+def check_database_urls(settings: Settings) -> None:
+    """The URLs of the database tier (each cluster's, its replicas', its Patroni's), as
+    ``create_shards`` will read them."""
     layout = settings.database_layout()
-    clusters = {
-        name: create_database(settings, metrics, name=name, url=url) for name, url in layout.items()
-    }
-    dialects = {db.dialect for db in clusters.values()}
+    dialects: set[str] = set()
+    for name, url in layout.items():
+        variable = "PICSCALE_DATABASE_URL" + (f" (cluster {name})" if len(layout) > 1 else "")
+        parts = checked_url(variable, url, DATABASE_SCHEMES, DATABASE_FORMS)
+        dialects.add("sqlite" if parts.scheme.startswith("sqlite") else "postgresql")
+        try:
+            async_url(url)
+        except (ArgumentError, ValueError):  # SQLAlchemy's own parser refused it
+            raise SettingsError(f"{variable} is not a database URL: use {DATABASE_FORMS}") from None
+        for setting, variable, schemes, forms in (
+            (
+                settings.database.replica_urls,
+                "PICSCALE_DATABASE_REPLICA_URLS",
+                ("postgresql", "postgres", "postgresql+asyncpg"),
+                POSTGRES_FORMS,
+            ),
+            (
+                settings.database.patroni_url,
+                "PICSCALE_DATABASE_PATRONI_URL",
+                ("http", "https"),
+                "http://host:8008 (Patroni's REST API), comma-separated",
+            ),
+        ):
+            for each in settings.cluster_setting(setting, name, variable).split(","):
+                if each.strip():
+                    checked_url(variable, each, schemes, forms)
     if len(dialects) > 1:
         raise SettingsError(
             "PICSCALE_DATABASE_URL mixes SQLite and PostgreSQL clusters: use one kind"
         )
+
+
+def create_shards(settings: Settings, metrics: Metrics) -> Shards:
+    check_database_urls(settings)
+    layout = settings.database_layout()
+    clusters = {
+        name: create_database(settings, metrics, name=name, url=url) for name, url in layout.items()
+    }
     return Shards(clusters, settings.shards.logical)
 
 

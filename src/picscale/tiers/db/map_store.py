@@ -27,7 +27,7 @@ from sqlalchemy import func, select
 from picscale.clock import utcnow
 from picscale.data.schema import shard_map
 from picscale.data.statements import insert_new
-from picscale.settings import SettingsError
+from picscale.settings import SettingsError, checked_url
 from picscale.tiers.db.database import Database
 from picscale.tiers.db.shard_map import ShardMap
 
@@ -58,15 +58,24 @@ class MapStore(Protocol):
         ...
 
 
+def check_map_url(url: str) -> None:
+    if url:
+        checked_url(
+            URL_VARIABLE,
+            url,
+            ("database", "etcd"),
+            "nothing (or database://) for a table in the first cluster's database, "
+            "or etcd://host:port[,host:port]/key",
+        )
+    if url.startswith("etcd://"):
+        parse_etcd_url(url)
+
+
 def create_map_store(url: str, global_db: Database) -> MapStore:
-    if url in ("", "database://"):
-        return TableMapStore(global_db)
+    check_map_url(url)
     if url.startswith("etcd://"):
         return EtcdMapStore(url)
-    raise SettingsError(
-        f"{URL_VARIABLE} {url!r} is not supported: leave it empty (or database://) for a "
-        "table in the first cluster's database, or give etcd://host:port[,host:port]/key"
-    )
+    return TableMapStore(global_db)
 
 
 # -- a table in the global database ------------------------------------------------------

@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 from picscale.observability.metrics import Metrics
-from picscale.settings import Settings, SettingsError
+from picscale.settings import Settings, checked_url
 from picscale.tiers.edge.http import HttpEdge
 from picscale.tiers.edge.none import NoEdge
 from picscale.tiers.edge.port import Edge
 
 
+def check_edge_urls(settings: Settings) -> None:
+    for variable, url in (
+        ("PICSCALE_CDN_URL", settings.cdn.url),
+        ("PICSCALE_CDN_PURGE_URL", settings.cdn.purge_url),
+    ):
+        if url:
+            checked_url(variable, url, ("http", "https"), "http(s)://edge-host:port, or nothing")
+
+
 def create_edge(settings: Settings, metrics: Metrics) -> Edge:
+    check_edge_urls(settings)
     if not settings.cdn.url:
         return NoEdge()
-    scheme = urlsplit(settings.cdn.url).scheme
-    if scheme not in ("http", "https"):
-        raise SettingsError(
-            f"PICSCALE_CDN_URL scheme {scheme!r} is not supported: use http(s)://edge-host:port"
-        )
     return HttpEdge(
         settings.cdn.url,
         settings.cdn.purge_url or settings.cdn.url,

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from picscale.settings import Settings, SettingsError
+from picscale.settings import Settings, checked_url
 from picscale.tiers.db.shards import Shards
 from picscale.tiers.queue.port import JobQueue
 
 
+def check_queue_url(url: str) -> None:
+    checked_url(
+        "PICSCALE_QUEUE_URL",
+        url,
+        ("lease", "amqp", "amqps"),
+        "lease:// or amqp://user:password@host:5672/vhost (amqps:// with TLS)",
+    )
+
+
 def create_job_queue(settings: Settings, shards: Shards) -> JobQueue:
+    check_queue_url(settings.queue.url)
     scheme = urlsplit(settings.queue.url).scheme
     if scheme == "lease":
         from picscale.tiers.epoch import EpochFile
@@ -25,17 +35,12 @@ def create_job_queue(settings: Settings, shards: Shards) -> JobQueue:
             if shards.dialect == "sqlite"
             else None,
         )
-    if scheme in ("amqp", "amqps"):
-        from picscale.tiers.queue.amqp import AmqpQueue
+    from picscale.tiers.queue.amqp import AmqpQueue
 
-        return AmqpQueue(
-            shards,
-            settings.queue.url,
-            max_attempts=settings.queue.max_attempts,
-            max_crashes=settings.queue.max_crashes,
-            prefetch=settings.worker.concurrency,
-        )
-    raise SettingsError(
-        f"PICSCALE_QUEUE_URL scheme {scheme!r} is not supported: "
-        "use lease:// or amqp://user:password@host:5672/vhost"
+    return AmqpQueue(
+        shards,
+        settings.queue.url,
+        max_attempts=settings.queue.max_attempts,
+        max_crashes=settings.queue.max_crashes,
+        prefetch=settings.worker.concurrency,
     )

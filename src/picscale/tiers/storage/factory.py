@@ -27,5 +27,10 @@ def open_media_store(url: str, *, setting: str = "PICSCALE_STORAGE_URL") -> Medi
     raise SettingsError(f"{setting} scheme {parts.scheme!r} is not supported: use {URL_FORMS}")
 
 
+def check_storage_url(url: str, *, setting: str = "PICSCALE_STORAGE_URL") -> None:
+    """What ``open_media_store`` would refuse: it only reads the URL, opens nothing."""
+    open_media_store(url, setting=setting)
+
+
 def create_media_store(settings: Settings) -> MediaStore:
     return open_media_store(settings.resolved_storage_url)
