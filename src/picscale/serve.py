@@ -46,8 +46,8 @@ def reserve_port(host: str, port: int) -> socket.socket:
         )[0]
     except (OSError, UnicodeError) as exc:
         raise PortUnavailable(f"cannot serve on {where}: {host!r} is not an address") from exc
-    held = None
-    for option in (socket.SO_REUSEADDR, socket.SO_REUSEPORT):
+
+    def bound(option: int) -> socket.socket:
         sock = socket.socket(family, kind, proto)
         sock.setsockopt(socket.SOL_SOCKET, option, 1)
         try:
@@ -55,12 +55,10 @@ def reserve_port(host: str, port: int) -> socket.socket:
         except OSError as exc:
             sock.close()
             raise _unavailable(where, host, exc) from None
-        if option == socket.SO_REUSEPORT:
-            held = sock
-        else:
-            sock.close()
-    assert held is not None
-    return held
+        return sock
+
+    bound(socket.SO_REUSEADDR).close()  # the check
+    return bound(socket.SO_REUSEPORT)  # the hold
 
 
 def _unavailable(where: str, host: str, exc: OSError) -> PortUnavailable:
