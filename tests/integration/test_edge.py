@@ -159,7 +159,10 @@ def test_media_and_static_miss_then_hit_revalidate_and_originals_pass(stack: Sta
     # pages name static files by content hash, on the edge; the edge keeps them
     page = client.get("/")
     found = re.findall(r'(?:src|href)="([^"]+/static/[^"]+)"', page.text)
-    assert len(found) == 2 and all(u.startswith(stack.edge_url + "/static/") for u in found)
+    assert len(found) == 3 and all(u.startswith(stack.edge_url + "/static/") for u in found)
+    # and the page's Content-Security-Policy lets the browser load them from there
+    policy = page.headers["content-security-policy"]
+    assert f"script-src 'self' {stack.edge_url.rstrip('/')}" in policy, policy
     for url in found:
         assert re.search(r"\.[0-9a-f]{12}\.(js|css)$", url), url
         first, second = edge.get(url), edge.get(url)

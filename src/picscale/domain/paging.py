@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from picscale.domain.errors import Invalid
 from picscale.domain.records import Page, PhotoRecord
+from picscale.domain.text import decimal
 
 
 def parse_cursor(cursor: str | None) -> int | None:
+    """The id a page continues after: a 64-bit id in ASCII digits, as pages hand it out."""
     if cursor is None or cursor == "":
         return None
-    if not cursor.isdigit() or len(cursor) > 20:
+    before = decimal(cursor, max_digits=19)
+    if before is None or before >= 2**63:
         raise Invalid("cursor is not valid: pass back the next_cursor of the previous page")
-    return int(cursor)
+    return before
 
 
 def page_of(photos: list[PhotoRecord], limit: int) -> Page:

@@ -35,6 +35,7 @@ from picscale.domain.errors import (
 from picscale.domain.media import photo_prefix, source_key
 from picscale.domain.paging import page_of, parse_cursor
 from picscale.domain.records import JobRecord, Page, PhotoRecord, UserRecord
+from picscale.domain.text import refuse_nul
 from picscale.ids import IdGenerator, shard_of
 from picscale.imaging import ImageRejected, InvalidEdit, Operation, probe, validate_operations
 from picscale.jobs import drop_followee, fan_out, follow_mirror, purge_edge, render_version
@@ -147,6 +148,7 @@ class Photos:
             )
         if len(caption) > CAPTION_MAX:
             raise Invalid(f"caption must be at most {CAPTION_MAX} characters")
+        refuse_nul(caption=caption)
         try:
             info = await asyncio.to_thread(probe, data, max_pixels=self.max_pixels)
         except ImageRejected as exc:

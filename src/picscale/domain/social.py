@@ -16,6 +16,7 @@ from picscale.domain.errors import Invalid, NotFound
 from picscale.domain.paging import parse_cursor
 from picscale.domain.photos import Photos
 from picscale.domain.records import IdPage, Page, UserRecord
+from picscale.domain.users import USERNAME, normalise_username
 from picscale.ids import IdGenerator, shard_of
 from picscale.jobs import follow_mirror
 from picscale.tiers.cache import Cache
@@ -63,8 +64,9 @@ class Social:
         return [profile_key(actor.username), profile_key(target_name)]
 
     async def _target(self, username: str) -> tuple[int, str]:
-        name = username.strip().lower()
-        found = await self._users.named(name)
+        name = normalise_username(username)
+        # what is no username names nobody (and a NUL would fail PostgreSQL's lookup)
+        found = await self._users.named(name) if USERNAME.fullmatch(name) else None
         if found is None:
             raise NotFound(f"user {name!r} does not exist")
         return found

@@ -17,6 +17,7 @@ from picscale.data.users import UserRepository
 from picscale.domain.cache_keys import profile_key
 from picscale.domain.errors import Conflict, Invalid, TooManyRequests, Unauthorized
 from picscale.domain.records import ProfileRecord, UserRecord
+from picscale.domain.text import refuse_nul
 from picscale.ids import IdGenerator
 from picscale.tiers.cache import Cache
 from picscale.tiers.db.shards import Shards
@@ -84,6 +85,7 @@ class Users:
         self._dummy_hash: str | None = None
 
     async def sign_up(self, username: str, password: str, display_name: str | None) -> UserRecord:
+        refuse_nul(username=username, password=password, display_name=display_name)
         name = normalise_username(username)
         if not USERNAME.match(name):
             raise Invalid("username must be 3 to 32 characters: letters, digits or underscore")
@@ -118,6 +120,7 @@ class Users:
         return UserRecord(id=user_id, username=name, display_name=display, created_at=now)
 
     async def authenticate(self, username: str, password: str, address: str) -> UserRecord:
+        refuse_nul(username=username, password=password)
         name = normalise_username(username)
         await self._throttle.check(name, address)
         found = await self._users.credentials(name)
@@ -158,6 +161,7 @@ class Users:
         return await self._cache.get_or_load(profile_key(name), load)
 
     async def update_profile(self, user: UserRecord, display_name: str) -> ProfileRecord:
+        refuse_nul(display_name=display_name)
         display = display_name.strip()
         if not display or len(display) > DISPLAY_NAME_MAX:
             raise Invalid(f"display name must be 1 to {DISPLAY_NAME_MAX} characters")

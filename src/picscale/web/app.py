@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import structlog
 from litestar import Litestar
@@ -46,6 +46,7 @@ from picscale.web.middleware import RequestContext
 from picscale.web.ops import OpsController
 from picscale.web.pages import pages_router
 from picscale.web.pages.rendering import PageContext
+from picscale.web.security import SecurityHeaders
 from picscale.web.shared import MediaUrls
 
 log = structlog.get_logger(__name__)
@@ -57,7 +58,13 @@ def _package_dir(name: str) -> Path:
 
 class _Litestar(Litestar):
     """Litestar, answering HEAD as GET without the body (RFC 9110: a server that has GET
-    has HEAD); Litestar's GET routes alone would answer HEAD with 405."""
+    has HEAD); Litestar's GET routes alone would answer HEAD with 405. Every response
+    gets the security headers here, where even a request that matched no route passes
+    (the app's middleware sees only routed requests)."""
+
+    def __init__(self, *, security_headers: SecurityHeaders, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.security_headers = security_headers
 
     async def __call__(
         self,
@@ -66,11 +73,25 @@ class _Litestar(Litestar):
         send: Send | LifeSpanSend,
     ) -> None:
         http = cast("HTTPScope", scope)
-        if scope["type"] == ScopeType.HTTP and http["method"] == "HEAD":
-            http["method"] = "GET"
-            await super().__call__(http, receive, _headers_only(send))  # type: ignore[arg-type]
+        if scope["type"] != ScopeType.HTTP:
+            await super().__call__(scope, receive, send)
             return
-        await super().__call__(scope, receive, send)
+        secured = _secured(cast("Send", send), http["path"], self.security_headers)
+        if http["method"] == "HEAD":
+            http["method"] = "GET"
+            secured = _headers_only(secured)
+        await super().__call__(http, receive, secured)
+
+
+def _secured(send: Send, path: str, security: SecurityHeaders) -> Send:
+    async def secured(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = list(message.get("headers", ()))
+            security.add(path, headers)
+            message["headers"] = headers
+        await send(message)
+
+    return secured
 
 
 def _headers_only(send: Send) -> Send:
@@ -129,6 +150,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
         return holder["services"]
 
     return _Litestar(
+        security_headers=SecurityHeaders(settings.cdn.url),
         route_handlers=[
             api_router(settings, urls),
             pages_router(),

@@ -18,7 +18,9 @@ from picscale.domain.errors import NotFound
 from picscale.web.caching import IMMUTABLE, etag_matches
 
 UNHASHED = "public, max-age=300"
-_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
+# text types without a charset: the response adds '; charset=utf-8' to every text/ type
+# (one charset parameter, not two)
+_TYPES = {".js": "text/javascript", ".css": "text/css"}
 
 
 @dataclass(frozen=True, slots=True)

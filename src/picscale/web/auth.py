@@ -8,6 +8,7 @@ Requests authenticated by a bearer token carry no ambient credential and need no
 from __future__ import annotations
 
 import hmac
+import re
 import secrets
 from collections.abc import Sequence
 from typing import Any
@@ -28,7 +29,10 @@ CSRF_HEADER = "x-csrf-token"
 CSRF_FIELD = "csrf_token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 
-_FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+_FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
+# what ``secrets.token_urlsafe(32)`` makes (43 characters), with room: anything else in
+# the cookie or the header is no token (and is never echoed into a page)
+_CSRF_TOKEN = re.compile(r"[A-Za-z0-9_-]{32,128}")
 
 
 def services_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Services:
@@ -82,9 +86,15 @@ async def current_user(request: Request[Any, Any, Any]) -> UserRecord:
     return user
 
 
+def _csrf_token(value: str | None) -> str:
+    """``value`` if it is shaped like a token this service makes, else ''."""
+    return value if value and _CSRF_TOKEN.fullmatch(value) else ""
+
+
 def csrf_token_of(request: Request[Any, Any, Any]) -> str:
-    """The token pages embed in their forms; created on first use."""
-    token: str | None = request.state.get("new_csrf") or request.cookies.get(CSRF_COOKIE)
+    """The token pages embed in their forms; created on first use (and when the cookie
+    holds something that is not a token of ours)."""
+    token: str = request.state.get("new_csrf") or _csrf_token(request.cookies.get(CSRF_COOKIE))
     if not token:
         token = secrets.token_urlsafe(32)
         request.state["new_csrf"] = token
@@ -94,14 +104,20 @@ def csrf_token_of(request: Request[Any, Any, Any]) -> str:
 def set_csrf_cookie(request: Request[Any, Any, Any], response: Response[Any]) -> None:
     token = request.state.get("new_csrf")
     if token and token != request.cookies.get(CSRF_COOKIE):
-        response.set_cookie(_csrf_cookie(token, secure=request.url.scheme == "https"))
+        response.set_cookie(_csrf_cookie(token, secure=_secure(request)))
 
 
 def rotate_csrf(request: Request[Any, Any, Any], response: Response[Any]) -> str:
     token = secrets.token_urlsafe(32)
     request.state["new_csrf"] = token
-    response.set_cookie(_csrf_cookie(token, secure=request.url.scheme == "https"))
+    response.set_cookie(_csrf_cookie(token, secure=_secure(request)))
     return token
+
+
+def _secure(request: Request[Any, Any, Any]) -> bool:
+    # as the session cookie: production is served over HTTPS (a proxy may end TLS, so
+    # the scheme the app sees is no guide there)
+    return services_of(request).settings.is_production or request.url.scheme == "https"
 
 
 def _csrf_cookie(token: str, *, secure: bool) -> Cookie:
@@ -149,24 +165,29 @@ async def csrf_guard(
     """Refuse unsafe requests that ride on cookies without proving they came from us."""
     if connection.scope.get("method", "GET") in SAFE_METHODS:
         return
+    # media types are case-insensitive (RFC 9110), as the framework reads them: a form
+    # sent as 'Application/x-www-form-urlencoded' is still a form
+    media_type = connection.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type == "text/plain":
+        # the one body type a cross-site form (or a no-cors fetch) can send without a CORS
+        # preflight: no handler takes it, and JSON sent as text is not taken as JSON
+        raise ClientException("send JSON with 'Content-Type: application/json'", status_code=415)
     if bearer_token(connection):
         return
-    content_type = connection.headers.get("content-type", "")
-    is_form = content_type.startswith(_FORM_TYPES)
-    if not connection.cookies.get(SESSION_COOKIE):
-        if content_type.startswith("text/plain"):
-            # the one body type a cross-site form can send without a CORS preflight
-            raise ClientException(
-                "send JSON with 'Content-Type: application/json'", status_code=415
-            )
-        if not is_form or connection.scope["path"].startswith("/api/"):
-            # no ambient credential to abuse (handlers needing a user answer 401)
-            return
-    expected = connection.cookies.get(CSRF_COOKIE, "")
+    is_form = media_type in _FORM_TYPES
+    if not connection.cookies.get(SESSION_COOKIE) and (
+        not is_form or connection.scope["path"].startswith("/api/")
+    ):
+        # no ambient credential to abuse (handlers needing a user answer 401)
+        return
+    expected = _csrf_token(connection.cookies.get(CSRF_COOKIE))
     supplied = connection.headers.get(CSRF_HEADER, "")
     if not supplied and is_form:
         request: Request[Any, Any, Any] = Request(connection.scope, connection.receive)
         supplied = str((await request.form()).get(CSRF_FIELD, ""))
+    # a token not shaped like ours (such as non-ASCII text, which compare_digest refuses
+    # to compare) fails the check rather than breaking it
+    supplied = _csrf_token(supplied)
     if not expected or not supplied or not hmac.compare_digest(expected, supplied):
         raise PermissionDeniedException(
             "CSRF check failed: reload the page and try again (API clients: send the "

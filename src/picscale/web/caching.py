@@ -15,6 +15,7 @@ from typing import Any
 
 from litestar import Request
 
+from picscale.domain.text import decimal
 from picscale.web.auth import SESSION_COOKIE
 
 IMMUTABLE = "public, max-age=31536000, immutable"
@@ -49,6 +50,10 @@ def etag_matches(header: str | None, etag: str) -> bool:
     return "*" in tags or etag in tags
 
 
+def _position(raw: str) -> int | None:
+    return decimal(raw, max_digits=64) if raw else None
+
+
 def byte_range(header: str, size: int) -> tuple[int, int] | None:
     """The one range of ``bytes=a-b``, ``bytes=a-`` or ``bytes=-n`` as (first, last);
     the whole file for what this does not serve (several ranges, other units); None when
@@ -56,14 +61,18 @@ def byte_range(header: str, size: int) -> tuple[int, int] | None:
     unit, _, spec = header.partition("=")
     if unit.strip().lower() != "bytes" or "," in spec:
         return (0, size - 1)
-    start, dash, end = spec.strip().partition("-")
-    if not dash or not (start.isdigit() or end.isdigit()):
-        return (0, size - 1)
-    if not start:  # the last n bytes
-        n = int(end)
-        return None if n == 0 or size == 0 else (max(0, size - n), size - 1)
-    first = int(start)
-    last = int(end) if end.isdigit() else size - 1
+    start, dash, end = (part.strip() for part in spec.strip().partition("-"))
+    # ASCII digits only (``bytes=²-`` is no range); a number past any file's size is
+    # as good as any other, so no length limit beyond the header's
+    first_at, last_at = _position(start), _position(end)
+    if not dash or (start and first_at is None) or (end and last_at is None):
+        return (0, size - 1)  # not a range this serves: the whole file
+    if first_at is None:  # the last n bytes
+        if last_at is None:
+            return (0, size - 1)
+        return None if last_at == 0 or size == 0 else (max(0, size - last_at), size - 1)
+    first = first_at
+    last = last_at if last_at is not None else size - 1
     if first >= size or last < first:
         return None if first >= size else (0, size - 1)
     return first, min(last, size - 1)

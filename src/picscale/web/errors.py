@@ -68,7 +68,8 @@ def _render(
     if _wants_html(request):
         return Template(
             "error.html",
-            context={"status_code": status, "detail": detail},
+            # no form on it: no CSRF token (the name would be the framework's own function)
+            context={"status_code": status, "detail": detail, "csrf_token": ""},
             status_code=status,
             headers=headers,
         )
@@ -107,6 +108,8 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
         status, detail = 422, _validation_detail(exc)
         if exc.detail and "boundary" in exc.detail:
             status = 400
+    elif (undecodable := _undecodable_body(exc)) is not None:
+        status, detail = 400, undecodable
     elif isinstance(exc, HTTPException):
         status = exc.status_code
         generic = exc.detail in ("", None) or exc.detail == _default_phrase(status)
@@ -117,6 +120,32 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
         log.exception("unhandled_error", error=type(exc).__name__)
         status, detail = 500, _MESSAGES[500]
     return _render(request, status, detail, headers)
+
+
+# where the framework decodes a request's body: the JSON decoder and the multipart parser
+_BODY_DECODERS = frozenset({"litestar.serialization.msgspec_hooks", "litestar._multipart"})
+
+
+def _undecodable_body(exc: Exception) -> str | None:
+    """What is wrong with a body the framework failed to decode, for the failures it lets
+    through as they are (it answers 400 to the others): text that is not valid in its
+    charset (or a charset nobody knows), JSON nested deeper than the decoder recurses.
+    Told apart from the same errors in our own code by where they were raised."""
+    # (a codec's "unknown encoding" is a plain LookupError, not a KeyError or IndexError)
+    if not (isinstance(exc, UnicodeDecodeError | RecursionError) or type(exc) is LookupError):
+        return None
+    tb = exc.__traceback__
+    if tb is None:
+        return None
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb.tb_frame.f_globals.get("__name__") not in _BODY_DECODERS:
+        return None
+    if isinstance(exc, RecursionError):
+        return "the JSON body is nested too deeply"
+    if isinstance(exc, UnicodeDecodeError):
+        return f"the request body is not valid {exc.encoding.upper()} text"
+    return "the request body names a charset that is not known: send UTF-8"
 
 
 def _default_phrase(status: int) -> str:

@@ -15,11 +15,12 @@ from picscale.imaging import ImageFormat
 from picscale.tiers.storage import MediaNotFound
 from picscale.web.auth import services_of
 from picscale.web.caching import IMMUTABLE, byte_range, etag_matches
+from picscale.web.security import NOTHING
 
 # /media/{photo id}/v{version}/{variant}.{ext}: anything else names nothing
-_ID = re.compile(r"^[0-9]{1,19}$")
-_VERSION = re.compile(r"^v([1-9][0-9]{0,8})$")
-_FILE = re.compile(r"^(original|large|thumb)\.(jpg|png|webp)$")
+_ID = re.compile(r"[0-9]{1,19}")
+_VERSION = re.compile(r"v([1-9][0-9]{0,8})")
+_FILE = re.compile(r"(original|large|thumb)\.(jpg|png|webp)")
 
 
 class MediaController(Controller):
@@ -31,9 +32,9 @@ class MediaController(Controller):
         self, request: Request[Any, Any, Any], photo_id: str, version: str, filename: str
     ) -> Response[bytes]:
         id_ok, v_match, f_match = (
-            _ID.match(photo_id),
-            _VERSION.match(version),
-            _FILE.match(filename),
+            _ID.fullmatch(photo_id) and int(photo_id) < 2**63,
+            _VERSION.fullmatch(version),
+            _FILE.fullmatch(filename),
         )
         if not (id_ok and v_match and f_match):
             raise NotFound("no such media: URLs look like /media/<photo id>/v<n>/<variant>.<ext>")
@@ -55,7 +56,7 @@ class MediaController(Controller):
             "ETag": etag,
             "Accept-Ranges": "bytes",
             "X-Content-Type-Options": "nosniff",
-            "Content-Security-Policy": "default-src 'none'",
+            "Content-Security-Policy": NOTHING,
             # what an edge purges by: this photo, or everything of its owner
             "xkey": tags,
             "Surrogate-Key": tags,

@@ -10,16 +10,20 @@ from litestar import Request, Response
 
 from picscale.domain.errors import NotFound
 from picscale.domain.records import Page, PhotoRecord, UserRecord
+from picscale.domain.text import decimal
 from picscale.services import Services
 from picscale.web.auth import SESSION_COOKIE, rotate_csrf, session_cookie
 from picscale.web.schemas import OwnerOut, PageOut, PhotoOut, PhotoUrls
 
 
 def parse_id(raw: str, what: str) -> int:
-    """Ids travel as decimal strings; anything else names nothing that exists."""
-    if not raw.isdigit() or len(raw) > 19 or int(raw) >= 2**63:
+    """Ids travel as decimal strings of ASCII digits; anything else names nothing that
+    exists (``²`` is a digit to ``str.isdigit``, and full-width digits convert to a real
+    id, which would make them another spelling of it)."""
+    value = decimal(raw, max_digits=19)
+    if value is None or value >= 2**63:
         raise NotFound(f"{what} {raw!r} does not exist: ids are decimal numbers")
-    return int(raw)
+    return value
 
 
 def client_address(request: Request[Any, Any, Any]) -> str:

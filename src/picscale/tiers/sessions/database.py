@@ -70,7 +70,9 @@ def _user_of(token: str) -> int | None:
     if not token or len(token) > 256:
         return None
     head, sep, secret = token.partition(".")
-    if not sep or not secret or not head.isdigit() or len(head) > 19:
+    # ASCII digits: int() takes any script's digits, or fails on some ('²') that
+    # isdigit() accepts
+    if not sep or not secret or not (head.isascii() and head.isdigit()) or len(head) > 19:
         return None
     user = int(head)
     return user if 0 < user < 1 << 63 else None

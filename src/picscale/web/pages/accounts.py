@@ -19,8 +19,14 @@ from picscale.web.shared import client_address, start_session
 
 
 def _safe_next(target: str | None) -> str:
-    # only local paths: never an open redirect to another site
-    if target and target.startswith("/") and not target.startswith(("//", "/\\")):
+    # only local paths: never an open redirect to another site, nor a control character
+    # in the Location header
+    if (
+        target
+        and target.startswith("/")
+        and not target.startswith(("//", "/\\"))
+        and not any(ord(c) < 0x20 or ord(c) == 0x7F for c in target)
+    ):
         return target
     return "/"
 

@@ -3,6 +3,7 @@ its deletion."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from litestar import Request, Response, get, post
@@ -90,13 +91,18 @@ class PhotoPages(ProtectedController):
 
 
 def _number(data: dict[str, str], name: str) -> float | None:
+    """A finite number in ASCII (``float`` also reads 'nan', 'inf', '1e400' and other
+    scripts' digits, none of which the form sends)."""
     raw = (data.get(name) or "").strip()
     if not raw:
         return None
     try:
-        return float(raw)
+        value = float(raw) if raw.isascii() else math.nan
     except ValueError:
-        raise Invalid(f"{name} must be a number") from None
+        value = math.nan
+    if not math.isfinite(value):
+        raise Invalid(f"{name} must be a number")
+    return value
 
 
 def _operations_from_form(data: dict[str, str]) -> list[Operation]:
