@@ -71,8 +71,12 @@ def test_many_web_processes_share_invalidations(tmp_path: Path) -> None:
                 reader.get(f"/api/v1/users/{name}").json()["display_name"] for reader in readers
             }
             assert seen == {f"n{i}"}
-        metrics = server.client().get("/metrics").text
-        assert "picscale_http_requests_total" in metrics
+        # each process adds its counts to the shared files every second
+        scraper = server.client()
+        wait_until(
+            lambda: "picscale_http_requests_total" in scraper.get("/metrics").text,
+            what="the request counts in /metrics",
+        )
 
 
 def _jpeg(width: int = 640, height: int = 480) -> bytes:
