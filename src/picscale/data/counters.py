@@ -15,8 +15,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from picscale.data.schema import user_counters
-from picscale.tiers.db import ReadConnection, WriteTx
+from picscale.data.schema import user_counters, users
+from picscale.tiers.db import WriteTx
 
 
 class FollowerCounter:
@@ -36,11 +36,14 @@ class FollowerCounter:
             )
         )
 
-    @staticmethod
-    async def total(conn: ReadConnection | Any, user_id: int) -> int:
-        found = await conn.scalar(
-            select(func.coalesce(func.sum(user_counters.c.followers), 0)).where(
-                user_counters.c.user_id == user_id
-            )
-        )
-        return int(found or 0)
+
+def followers_total(user_id: int) -> Any:
+    """A user's follower count as a scalar subquery: the row's own count (from before
+    the slots) plus every slot."""
+    slots = (
+        select(func.coalesce(func.sum(user_counters.c.followers), 0))
+        .where(user_counters.c.user_id == user_id)
+        .scalar_subquery()
+    )
+    base = select(users.c.follower_count).where(users.c.id == user_id).scalar_subquery()
+    return func.coalesce(base, 0) + slots

@@ -9,10 +9,11 @@ cluster (fan-out) and a celebrity's count is not one hot row.
 
 from __future__ import annotations
 
-from sqlalchemy import delete, func, select, text
+from sqlalchemy import delete, select, text
 
 from picscale.clock import utcnow
-from picscale.data.schema import followers, follows, user_counters, users
+from picscale.data.counters import followers_total
+from picscale.data.schema import followers, follows
 from picscale.data.statements import insert_new
 from picscale.tiers.db import WriteTx
 from picscale.tiers.db.shards import Shards
@@ -102,31 +103,16 @@ class FollowRepository:
         )
         return bool(result.rowcount)
 
-    async def mirrored(self, followee: int, follower: int) -> bool:
-        async with self._shards.read_on_primary(followee, "jobs") as conn:
-            found = await conn.scalar(
-                select(followers.c.follower_id).where(
-                    followers.c.followee_id == followee, followers.c.follower_id == follower
-                )
-            )
-        return found is not None
-
     async def count_and_mirrored(self, followee: int, follower: int) -> tuple[int, bool]:
         """The followee's follower count and whether ``follower`` is in their mirror, in
         one statement on the followee's primary: one snapshot of what the job wrote."""
-        slots = (
-            select(func.coalesce(func.sum(user_counters.c.followers), 0))
-            .where(user_counters.c.user_id == followee)
-            .scalar_subquery()
-        )
-        base = select(users.c.follower_count).where(users.c.id == followee).scalar_subquery()
         mirrored = (
             select(followers.c.follower_id)
             .where(followers.c.followee_id == followee, followers.c.follower_id == follower)
             .exists()
         )
         async with self._shards.read_on_primary(followee, "read") as conn:
-            row = (await conn.execute(select(func.coalesce(base, 0) + slots, mirrored))).first()
+            row = (await conn.execute(select(followers_total(followee), mirrored))).first()
         assert row is not None
         return int(row[0] or 0), bool(row[1])
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, select, update
 
-from picscale.data.schema import user_counters, usernames, users
+from picscale.data.counters import followers_total
+from picscale.data.schema import usernames, users
 from picscale.data.statements import insert_new
 from picscale.domain.records import ProfileRecord, UserRecord
 from picscale.tiers.db import WriteTx
@@ -104,30 +105,20 @@ class UserRepository:
             row = (await conn.execute(select(users).where(users.c.id == user_id))).first()
             if row is None:
                 return None
-            slots = await conn.scalar(
-                select(func.coalesce(func.sum(user_counters.c.followers), 0)).where(
-                    user_counters.c.user_id == user_id
-                )
-            )
+            followers = await conn.scalar(select(followers_total(user_id)))
         return ProfileRecord(
             id=row.id,
             username=row.username,
             display_name=row.display_name,
             photo_count=row.photo_count,
-            follower_count=row.follower_count + int(slots or 0),
+            follower_count=int(followers or 0),
             following_count=row.following_count,
         )
 
     async def follower_count(self, user_id: int) -> int:
         """On the primary (a job deciding about fan-out): the row's count plus the slots."""
         async with self._shards.read_on_primary(user_id, "jobs") as conn:
-            base = await conn.scalar(select(users.c.follower_count).where(users.c.id == user_id))
-            slots = await conn.scalar(
-                select(func.coalesce(func.sum(user_counters.c.followers), 0)).where(
-                    user_counters.c.user_id == user_id
-                )
-            )
-        return int(base or 0) + int(slots or 0)
+            return int(await conn.scalar(select(followers_total(user_id))) or 0)
 
     async def named(self, username: str) -> tuple[int, str] | None:
         """(id, username) of the user called ``username``."""
